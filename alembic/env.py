@@ -1,0 +1,33 @@
+"""Alembic environment: runs migrations on the engine the service would use."""
+from __future__ import annotations
+
+from alembic import context
+
+from service.config import Settings
+from service.events.db import make_engine
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        _run(conn)
+    engine.dispose()
+
+
+def _run(connection) -> None:
+    context.configure(connection=connection, target_metadata=None, render_as_batch=True,
+                      transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported: run `casestudies db upgrade`")
+run_migrations_online()

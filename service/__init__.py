@@ -1,0 +1,22 @@
+"""The case study pipeline service: event-sourced case study records over HTTP."""
+from __future__ import annotations
+
+from flask import Flask
+
+from service.bootstrap import Services, build
+from service.config import Settings
+from service.logs import configure_logging
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the Flask app; nothing connects to the database until a request needs it."""
+    from service.api import register
+
+    settings = settings or (services.settings if services else Settings.from_env())
+    configure_logging(settings.log_format, settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["casestudies"] = services or build(settings)
+    register(app)
+    return app

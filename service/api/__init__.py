@@ -1,0 +1,22 @@
+"""HTTP API: thin blueprints, one error handler, request logging."""
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from service.bootstrap import Services
+
+
+def services() -> Services:
+    """The wired services of the running app."""
+    return current_app.extensions["casestudies"]
+
+
+def register(app: Flask) -> None:
+    """Attach blueprints, error handlers and request logging to ``app``."""
+    from service.api import case_studies, errors, health, projections, requestlog
+
+    requestlog.register(app)
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(case_studies.bp)
+    app.register_blueprint(projections.bp)

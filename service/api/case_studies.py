@@ -1,0 +1,144 @@
+"""Case study records: post events, read the current state, the stream, and the list."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from flask import Blueprint, Response, g, request, url_for
+
+from service.api import params, services
+from service.api.auth import RECORD_READERS, STREAM_READERS, WRITERS, requires
+from service.api.problems import Problem
+from service.api.representation import record_json
+from service.domain import STATUS_LABELS
+from service.events.schemas import is_valid_stream_id, parse_event_request
+from service.events.store import NewEvent
+from service.events.tables import utcnow
+
+bp = Blueprint("case_studies", __name__)
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+EVENTS_PAGE = 1000
+
+
+def _stream_id(stream_id: str) -> str:
+    if not is_valid_stream_id(stream_id):
+        raise Problem(422, "invalid_event", "the id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                      errors=[{"field": "id", "message": "must match [A-Za-z0-9._:-]{1,128}"}])
+    return stream_id
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(422, "invalid_event", f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def _expected_version(body_value: int | None) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is None:
+        return body_value
+    raw = header.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise _invalid("If-Match", 'must be a version in quotes, e.g. "2"')
+    if body_value is not None and body_value != int(raw):
+        raise _invalid("expected_version", "differs from the If-Match header")
+    return int(raw)
+
+
+def _event_id(body_value) -> str | None:
+    header = request.headers.get("Idempotency-Key")
+    body_id = str(body_value) if body_value is not None else None
+    if header is None:
+        return body_id
+    try:
+        header_id = str(uuid.UUID(header.strip()))
+    except ValueError:
+        raise _invalid("Idempotency-Key", "must be a UUID") from None
+    if body_id is not None and body_id != header_id:
+        raise _invalid("event_id", "differs from the Idempotency-Key header")
+    return header_id
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+@bp.post("/case-studies/<stream_id>/events")
+@requires(*WRITERS)
+def post_event(stream_id: str):
+    """Append one event to a case study's stream."""
+    _stream_id(stream_id)
+    if not request.is_json:
+        raise Problem(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
+    body = request.get_data(cache=False)
+    event = parse_event_request(body)
+    now = utcnow()
+    if event.occurred_at is not None and event.occurred_at > now + MAX_CLOCK_SKEW:
+        raise _invalid("occurred_at", "is in the future; occurred_at is when it happened")
+    new = NewEvent(type=event.type, data=event.data.model_dump(mode="json", exclude_none=True),
+                   event_id=_event_id(event.event_id), occurred_at=event.occurred_at,
+                   correlation_id=event.correlation_id, causation_id=event.causation_id)
+    result = services().store.append(stream_id, [new], actor=g.principal.name,
+                                     expected_version=_expected_version(event.expected_version))
+    stored = result.events[-1]
+    response = {"id": stream_id, "version": stored.version, "position": stored.position,
+                "event_id": stored.event_id, "status": result.record.state}
+    headers = {"ETag": _etag(result.record.version),
+               "Location": url_for("case_studies.get_record", stream_id=stream_id)}
+    return response, (201 if result.created else 200), headers
+
+
+@bp.get("/case-studies/<stream_id>")
+@requires(*RECORD_READERS)
+def get_record(stream_id: str):
+    """The current state of one case study, or its state as known at ``as_of``."""
+    _stream_id(stream_id)
+    as_of = params.as_of()
+    store = services().store
+    record = store.record_as_of(stream_id, as_of) if as_of else store.record(stream_id)
+    if record is None:
+        detail = f"no case study with id {stream_id!r}" + (f" had been recorded by {as_of.isoformat()}"
+                                                            if as_of else "")
+        raise Problem(404, "not_found", detail, id=stream_id)
+    etag = _etag(record.version)
+    if not as_of and etag in request.if_none_match:
+        return Response(status=304, headers={"ETag": etag})
+    body = record_json(record, services().settings.candidate_kpi_pct)
+    if as_of:
+        body["as_of"] = as_of.isoformat()
+    return body, 200, {"ETag": etag}
+
+
+@bp.get("/case-studies/<stream_id>/events")
+@requires(*STREAM_READERS)
+def get_events(stream_id: str):
+    """The stream, oldest first, every field of each event; paged by version."""
+    _stream_id(stream_id)
+    from_version = params.bounded_int("from_version", 1, 1, 2**31 - 1)
+    limit = params.bounded_int("limit", EVENTS_PAGE, 1, EVENTS_PAGE)
+    events = services().store.load(stream_id, from_version=from_version, limit=limit + 1)
+    if not events and from_version == 1:
+        raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)
+    more = len(events) > limit
+    events = events[:limit]
+    next_url = (url_for("case_studies.get_events", stream_id=stream_id,
+                        from_version=events[-1].version + 1, limit=limit) if more else None)
+    return {"id": stream_id, "events": [event.to_dict() for event in events], "next": next_url}
+
+
+@bp.get("/case-studies")
+@requires(*RECORD_READERS)
+def list_records():
+    """Records from the state table, filtered and paginated with an opaque cursor."""
+    page = services().projections.list_records(
+        status=params.choice("status", list(STATUS_LABELS)),
+        csm=params.text("csm"),
+        account=params.text("account"),
+        limit=params.bounded_int("limit", 50, 1, 500),
+        cursor=params.text("cursor", 400),
+    )
+    threshold = services().settings.candidate_kpi_pct
+    next_url = None
+    if page.next_cursor:
+        next_url = url_for("case_studies.list_records", **{**request.args, "cursor": page.next_cursor})
+    return {"items": [record_json(record, threshold) for record in page.records],
+            "next_cursor": page.next_cursor, "next": next_url}

@@ -1,0 +1,31 @@
+"""Liveness and readiness, open to all."""
+from __future__ import annotations
+
+from flask import Blueprint
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import migrations
+from service.api import services
+from service.api.problems import Problem
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """The database answers and is migrated to the revision this code expects."""
+    head = migrations.head_revision()
+    try:
+        current = migrations.current_revision(services().engine)
+    except SQLAlchemyError:
+        raise Problem(503, "not_ready", "the database cannot be reached") from None
+    if current != head:
+        raise Problem(503, "not_ready", f"the database is at revision {current}, the code needs {head}; "
+                      "run `casestudies db upgrade`", database_revision=current, code_revision=head)
+    return {"status": "ready", "revision": current}

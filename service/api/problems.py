@@ -1,0 +1,55 @@
+"""RFC 9457 problem details, each with a stable ``code``."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, json
+
+PROBLEM_JSON = "application/problem+json"
+
+TITLES: dict[str, str] = {
+    "bad_request": "Bad request",
+    "invalid_parameter": "Invalid query parameter",
+    "unauthorized": "Missing or invalid API key",
+    "forbidden": "This key's role may not do that",
+    "not_found": "Not found",
+    "method_not_allowed": "Method not allowed",
+    "not_acceptable": "Not acceptable",
+    "version_conflict": "Version conflict",
+    "idempotency_conflict": "Event id already used for another event",
+    "already_exists": "Case study already exists",
+    "transition_not_allowed": "Event not allowed in the current status",
+    "guard_failed": "Event refused by a guard",
+    "payload_too_large": "Request body too large",
+    "unsupported_media_type": "Request body is not JSON",
+    "invalid_event": "Invalid event",
+    "internal_error": "Internal error",
+    "stream_corrupt": "Stored stream cannot be replayed",
+    "database_unavailable": "Database unavailable",
+    "not_ready": "Service not ready",
+}
+
+
+class Problem(Exception):
+    """An error answer: raise it anywhere in a request and the error handler renders it."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+    def response(self) -> Response:
+        body = {
+            "type": f"/problems/{self.code}",
+            "title": TITLES.get(self.code, self.code.replace("_", " ").capitalize()),
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            **self.extra,
+        }
+        response = Response(json.dumps(body), status=self.status, mimetype=PROBLEM_JSON)
+        if self.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="casestudies"'
+        return response

@@ -1,0 +1,34 @@
+"""The composition root: the one place where the real parts are built and wired together."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.events.db import make_engine
+from service.events.keys import KeyStore
+from service.events.projections import Projections
+from service.events.store import EventStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    store: EventStore
+    keys: KeyStore
+    projections: Projections
+
+
+def build(settings: Settings, engine: Engine | None = None) -> Services:
+    """Wire the store, keys and projections onto one engine (made from settings unless given)."""
+    engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    store = EventStore(engine)
+    return Services(
+        settings=settings,
+        engine=engine,
+        store=store,
+        keys=KeyStore(engine),
+        projections=Projections(engine, store, settings.stuck),
+    )

@@ -1,0 +1,82 @@
+"""Settings read from the environment; nothing here connects to anything."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from service.domain import StuckThresholds
+
+DEFAULT_DATABASE_URL = "sqlite:///var/casestudies.db"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be configured with; see the README's Configuration table."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    log_format: str = "auto"  # json | console | auto (console on a terminal, JSON otherwise)
+    log_level: str = "info"
+    max_body_bytes: int = 64 * 1024
+    db_pool_size: int = 5
+    public_base_url: str = ""
+    candidate_kpi_pct: float = 20.0
+    stuck: StuckThresholds = field(default_factory=StuckThresholds)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read ``CASESTUDIES_*`` variables and ``DATABASE_URL``, falling back to defaults."""
+        env = os.environ if env is None else env
+        log_format = env.get("LOG_FORMAT", "auto").lower()
+        if log_format not in ("json", "console", "auto"):
+            raise SettingsError("LOG_FORMAT must be json, console or auto")
+        defaults = StuckThresholds()
+        return cls(
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            log_format=log_format,
+            log_level=env.get("LOG_LEVEL", "info").lower(),
+            db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1),
+            public_base_url=env.get("PUBLIC_BASE_URL", "").rstrip("/"),
+            candidate_kpi_pct=_float(env, "CANDIDATE_KPI_IMPROVEMENT_PCT", 20.0),
+            stuck=StuckThresholds(
+                not_started_days=_int(env, "STUCK_NOT_STARTED_DAYS", defaults.not_started_days),
+                no_activity_days=_int(env, "STUCK_NO_ACTIVITY_DAYS", defaults.no_activity_days),
+                awaiting_approval_days=_int(env, "STUCK_AWAITING_APPROVAL_DAYS",
+                                            defaults.awaiting_approval_days),
+                hold_without_revisit_days=_int(env, "STUCK_HOLD_WITHOUT_REVISIT_DAYS",
+                                               defaults.hold_without_revisit_days),
+                missing_baseline_days=_int(env, "STUCK_MISSING_BASELINE_DAYS",
+                                           defaults.missing_baseline_days),
+            ),
+        )
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with some settings changed (tests and the CLI use it)."""
+        return replace(self, **changes)

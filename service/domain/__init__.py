@@ -1,0 +1,38 @@
+"""The case study model: statuses, events, guards, the shared state machine and pure replay.
+
+Nothing here imports Flask, SQLAlchemy or psycopg.
+"""
+from service.domain.errors import DomainError, GuardFailed, StreamCorrupt, TransitionNotAllowed
+from service.domain.machine import allowed_events, apply, replay
+from service.domain.model import (
+    APPROVER_ROLES,
+    EVENT_TYPES,
+    STATUS_LABELS,
+    CaseStudy,
+    Event,
+    Status,
+)
+from service.domain.readiness import Readiness, readiness
+from service.domain.stuck import STUCK_CODES, StuckFinding, StuckThresholds, stuck_findings
+
+__all__ = [
+    "APPROVER_ROLES",
+    "EVENT_TYPES",
+    "STATUS_LABELS",
+    "STUCK_CODES",
+    "CaseStudy",
+    "DomainError",
+    "Event",
+    "GuardFailed",
+    "Readiness",
+    "Status",
+    "StreamCorrupt",
+    "StuckFinding",
+    "StuckThresholds",
+    "TransitionNotAllowed",
+    "allowed_events",
+    "apply",
+    "readiness",
+    "replay",
+    "stuck_findings",
+]

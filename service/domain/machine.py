@@ -1,0 +1,122 @@
+"""The one state machine shared by every record, and the replay that runs events through it.
+
+The machine is built once at import. Events are fired through its event table
+(``MACHINE.events[type].trigger(record, data=...)``), so records are never registered with it
+and no per-record ``Machine`` is ever built.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from transitions import Machine, MachineError
+
+from service.domain import guards
+from service.domain.errors import GuardFailed, StreamCorrupt, TransitionNotAllowed
+from service.domain.evolve import evolve
+from service.domain.model import EVENT_TYPES, STATUS_LABELS, CaseStudy, Event, Status
+
+NEW = Status.NEW.value
+NOT_STARTED = Status.NOT_STARTED.value
+IN_PROGRESS = Status.IN_PROGRESS.value
+AWAITING = Status.AWAITING_CUSTOMER_APPROVAL.value
+PUBLISHED = Status.PUBLISHED.value
+ON_HOLD = Status.ON_HOLD.value
+DECLINED = Status.DECLINED.value
+
+LIVE = [NOT_STARTED, IN_PROGRESS, AWAITING, PUBLISHED, ON_HOLD]  # every status but declined
+HOLDABLE = [NOT_STARTED, IN_PROGRESS, AWAITING]
+
+# dest=None is an internal transition: the event is legal but the status stays.
+TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": "committed", "source": NEW, "dest": NOT_STARTED},
+    {"trigger": "started", "source": NOT_STARTED, "dest": IN_PROGRESS},
+    {"trigger": "approval_requested", "source": IN_PROGRESS, "dest": AWAITING},
+    {"trigger": "approval_granted", "source": AWAITING, "dest": None,
+     "conditions": [guards.APPROVAL_GRANTED]},
+    {"trigger": "changes_requested", "source": AWAITING, "dest": IN_PROGRESS,
+     "conditions": [guards.CHANGES_REQUESTED]},
+    {"trigger": "published", "source": AWAITING, "dest": PUBLISHED, "conditions": [guards.ALL_GRANTED]},
+    {"trigger": "held", "source": HOLDABLE, "dest": ON_HOLD},
+    *({"trigger": "resumed", "source": ON_HOLD, "dest": status, "conditions": [guards.held_from(status)]}
+      for status in HOLDABLE),
+    {"trigger": "declined", "source": [NOT_STARTED, IN_PROGRESS, AWAITING, ON_HOLD], "dest": DECLINED},
+    {"trigger": "reassigned", "source": LIVE, "dest": None, "conditions": [guards.DIFFERENT_CSM]},
+    {"trigger": "metrics_recorded", "source": LIVE, "dest": None},
+    {"trigger": "quote_added", "source": LIVE, "dest": None},
+    {"trigger": "nps_recorded", "source": LIVE, "dest": None},
+    {"trigger": "shared_with_champion", "source": PUBLISHED, "dest": None},
+    {"trigger": "views_reported", "source": PUBLISHED, "dest": None},
+]
+
+MACHINE = Machine(
+    model=None,
+    states=[status.value for status in Status],
+    initial=NEW,
+    transitions=TRANSITIONS,
+    auto_transitions=False,
+    send_event=True,
+)
+
+_ALLOWED: dict[str, list[str]] = {
+    status.value: MACHINE.get_triggers(status.value) for status in Status
+}
+assert set(MACHINE.events) == set(EVENT_TYPES), "the machine and EVENT_TYPES disagree"
+
+
+def allowed_events(status: str) -> list[str]:
+    """The event types the machine has a transition for in ``status`` (guards aside)."""
+    return list(_ALLOWED[status])
+
+
+def _describe(status: str) -> str:
+    return "a new record" if status == NEW else f"a record that is {STATUS_LABELS[status]}"
+
+
+def _guard_reason(record: CaseStudy, event_type: str, data: Mapping[str, Any]) -> str:
+    """The first reason a guard of the transitions open from the current status gives."""
+    for transition in MACHINE.events[event_type].transitions[record.state]:
+        for condition in transition.conditions:
+            reason = condition.func.reason(record, data)
+            if reason is not None:
+                return reason
+    return f"{event_type} is not allowed now"
+
+
+def apply(record: CaseStudy, event: Event) -> CaseStudy:
+    """Fire ``event`` on ``record`` through the shared machine and fold its data in, in place.
+
+    Raises TransitionNotAllowed or GuardFailed, leaving ``record`` untouched, when the machine
+    refuses; raises StreamCorrupt when the event's version does not follow the record's.
+    """
+    if event.version != record.version + 1:
+        raise StreamCorrupt(
+            f"stream {record.id}: event version {event.version} does not follow version {record.version}")
+    status_before = record.state
+    machine_event = MACHINE.events.get(event.type)
+    if machine_event is None:
+        raise TransitionNotAllowed(event.type, status_before, allowed_events(status_before),
+                                   f"unknown event type {event.type!r}")
+    try:
+        fired = machine_event.trigger(record, data=event.data)
+    except MachineError:
+        raise TransitionNotAllowed(
+            event.type, status_before, allowed_events(status_before),
+            f"cannot apply {event.type} to {_describe(status_before)}") from None
+    if not fired:
+        raise GuardFailed(event.type, status_before, allowed_events(status_before),
+                          _guard_reason(record, event.type, event.data))
+    evolve(record, event, status_before)
+    return record
+
+
+def replay(stream_id: str, events: Iterable[Event]) -> CaseStudy:
+    """The record that ``events`` (oldest first) produce; a pure function of its input."""
+    record = CaseStudy(id=stream_id)
+    for event in events:
+        try:
+            apply(record, event)
+        except (TransitionNotAllowed, GuardFailed) as refusal:
+            raise StreamCorrupt(
+                f"stream {stream_id}: stored event version {event.version} ({event.type}) "
+                f"is refused on replay: {refusal.reason}") from refusal
+    return record

@@ -1,0 +1,36 @@
+"""Storage outcomes a caller must handle, translated once from database errors."""
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the store's refusals."""
+
+
+class StreamNotFound(StoreError):
+    def __init__(self, stream_id: str):
+        super().__init__(f"no case study with id {stream_id!r}")
+        self.stream_id = stream_id
+
+
+class StreamAlreadyExists(StoreError):
+    def __init__(self, stream_id: str, version: int):
+        super().__init__(f"case study {stream_id!r} already exists (version {version})")
+        self.stream_id = stream_id
+        self.version = version
+
+
+class VersionConflict(StoreError):
+    def __init__(self, stream_id: str, expected: int | None, actual: int):
+        detail = (f"expected version {expected}, but the stream is at version {actual}"
+                  if expected is not None else
+                  f"the stream kept moving under concurrent writers (now at version {actual})")
+        super().__init__(detail)
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class IdempotencyConflict(StoreError):
+    def __init__(self, event_id: str, detail: str):
+        super().__init__(detail)
+        self.event_id = event_id

@@ -1,0 +1,110 @@
+"""Read models over the state table: the record list, the pipeline and the stuck list."""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Iterable, Iterator
+
+from sqlalchemy import Engine, func, or_, select
+
+from service.domain import STATUS_LABELS, CaseStudy, StuckFinding, StuckThresholds, stuck_findings
+from service.domain.model import Status
+from service.events.store import EventStore
+from service.events.tables import case_studies
+
+# Statuses in which some stuck rule can hold.
+_OPEN = [Status.NOT_STARTED.value, Status.IN_PROGRESS.value,
+         Status.AWAITING_CUSTOMER_APPROVAL.value, Status.ON_HOLD.value]
+
+
+class BadCursor(ValueError):
+    """A pagination cursor this service did not hand out."""
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor("cursor is not one this service handed out") from None
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[CaseStudy]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class StuckRow:
+    record: CaseStudy
+    finding: StuckFinding
+
+
+class Projections:
+    """Queries for the record list and the weekly review's questions."""
+
+    def __init__(self, engine: Engine, store: EventStore, thresholds: StuckThresholds):
+        self.engine = engine
+        self.store = store
+        self.thresholds = thresholds
+
+    def list_records(self, *, status: str | None = None, csm: str | None = None,
+                     account: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        """Records ordered by id, filtered, one page at a time (keyset pagination)."""
+        query = select(case_studies.c.state).order_by(case_studies.c.id).limit(limit + 1)
+        if status:
+            query = query.where(case_studies.c.status == status)
+        if csm:
+            query = query.where(case_studies.c.csm == csm)
+        if account:
+            query = query.where(or_(case_studies.c.account_id == account,
+                                    case_studies.c.account_name == account))
+        if cursor:
+            query = query.where(case_studies.c.id > decode_cursor(cursor))
+        with self.engine.connect() as conn:
+            records = [CaseStudy.from_dict(row.state) for row in conn.execute(query)]
+        more = len(records) > limit
+        records = records[:limit]
+        return Page(records, encode_cursor(records[-1].id) if more else None)
+
+    def pipeline(self) -> dict:
+        """Counts by status, and by CSM and status."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(case_studies.c.csm, case_studies.c.status, func.count())
+                                .group_by(case_studies.c.csm, case_studies.c.status)
+                                .order_by(case_studies.c.csm, case_studies.c.status)).all()
+        by_status = {status: 0 for status in STATUS_LABELS}
+        by_csm: dict[str, dict[str, int]] = {}
+        for csm, status, count in rows:
+            by_status[status] += count
+            by_csm.setdefault(csm, {s: 0 for s in STATUS_LABELS})[status] += count
+        return {"total": sum(by_status.values()), "by_status": by_status, "by_csm": by_csm}
+
+    def stuck(self, *, as_of: datetime, now: datetime, csm: str | None = None,
+              code: str | None = None) -> list[StuckRow]:
+        """Stuck records at ``as_of``: from the state table for now or later, by replay for the past."""
+        if as_of < now - timedelta(seconds=1):
+            records: Iterable[CaseStudy] = (r for r in self.store.replay_all(recorded_until=as_of)
+                                            if csm is None or r.csm == csm)
+        else:
+            records = self._open_records(csm)
+        rows = [StuckRow(record, finding)
+                for record in records
+                for finding in stuck_findings(record, as_of, self.thresholds)
+                if code is None or finding.code == code]
+        rows.sort(key=lambda row: (row.record.csm or "", -row.finding.days, row.record.id))
+        return rows
+
+    def _open_records(self, csm: str | None) -> Iterator[CaseStudy]:
+        query = select(case_studies.c.state).where(case_studies.c.status.in_(_OPEN))
+        if csm:
+            query = query.where(case_studies.c.csm == csm)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                yield CaseStudy.from_dict(row.state)

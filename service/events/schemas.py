@@ -1,0 +1,258 @@
+"""Request schemas: each event type's data is validated here before the state machine sees it.
+
+One discriminated union on ``type`` parses and validates a request body straight from JSON.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from service.domain import APPROVER_ROLES, EVENT_TYPES
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048, pattern=r"^https?://\S+$")]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+Ident = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:/-]{1,128}$")]
+Role = Literal["marketing", "legal", "executive_sponsor"]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+assert set(Role.__args__) == set(APPROVER_ROLES)
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Account(_Data):
+    id: Name
+    name: Name
+
+
+class Champion(_Data):
+    name: Name
+    title: Name
+    email: Email | None = None
+
+
+class CommittedData(_Data):
+    account: Account
+    csm: Name
+    champion: Champion
+    use_case: Text
+    close_date: date
+    deal_id: Name | None = None
+    anonymized: bool = False
+    industry_description: Name | None = None
+    msa_restricted: bool = False
+
+    @model_validator(mode="after")
+    def _anonymized_needs_description(self) -> "CommittedData":
+        if self.anonymized and not self.industry_description:
+            raise ValueError("industry_description is required when anonymized is true "
+                             "(e.g. \"a major airline\")")
+        return self
+
+
+class NoData(_Data):
+    pass
+
+
+class ApprovalRequestedData(_Data):
+    approvers: Annotated[list[Role], Field(min_length=1, max_length=len(APPROVER_ROLES))]
+    draft_url: Url | None = None
+
+    @field_validator("approvers")
+    @classmethod
+    def _unique(cls, roles: list[str]) -> list[str]:
+        if len(set(roles)) != len(roles):
+            raise ValueError("approvers must not repeat a role")
+        return roles
+
+
+class ApprovalGrantedData(_Data):
+    role: Role
+    approver: Name
+    comment: Text | None = None
+
+
+class ChangesRequestedData(_Data):
+    role: Role
+    comment: Text
+    approver: Name | None = None
+
+
+class PublishedData(_Data):
+    url: Url
+
+
+class HeldData(_Data):
+    reason: Text
+    revisit_on: date | None = None
+
+
+class DeclinedData(_Data):
+    reason: Text
+
+
+class ReassignedData(_Data):
+    csm: Name
+
+
+class MetricsRecordedData(_Data):
+    kind: Literal["baseline", "current"]
+    metrics: Annotated[dict[Name, Number], Field(min_length=1, max_length=50)]
+    lower_is_better: Annotated[list[Name], Field(max_length=50)] = []
+
+
+class QuoteAddedData(_Data):
+    text: Text
+    speaker: Name
+
+
+class NpsRecordedData(_Data):
+    score: Annotated[int, Field(ge=0, le=10)]
+    respondent: Name | None = None
+
+
+class SharedWithChampionData(_Data):
+    formats: Annotated[list[Name], Field(min_length=1, max_length=20)]
+
+
+class ViewsReportedData(_Data):
+    views: Annotated[int, Field(ge=0)]
+
+
+DATA_SCHEMAS: dict[str, type[_Data]] = {
+    "committed": CommittedData,
+    "started": NoData,
+    "approval_requested": ApprovalRequestedData,
+    "approval_granted": ApprovalGrantedData,
+    "changes_requested": ChangesRequestedData,
+    "published": PublishedData,
+    "held": HeldData,
+    "resumed": NoData,
+    "declined": DeclinedData,
+    "reassigned": ReassignedData,
+    "metrics_recorded": MetricsRecordedData,
+    "quote_added": QuoteAddedData,
+    "nps_recorded": NpsRecordedData,
+    "shared_with_champion": SharedWithChampionData,
+    "views_reported": ViewsReportedData,
+}
+assert set(DATA_SCHEMAS) == set(EVENT_TYPES)
+
+
+class _Envelope(BaseModel):
+    """Fields every event request may carry besides its type and data."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    expected_version: Annotated[int, Field(ge=0)] | None = None
+    event_id: uuid.UUID | None = None
+    occurred_at: AwareDatetime | None = None
+    correlation_id: Ident | None = None
+    causation_id: Ident | None = None
+
+    @field_validator("event_id", mode="before")
+    @classmethod
+    def _event_id_from_text(cls, value: Any) -> Any:
+        # strict mode takes a UUID only as an object; from JSON it arrives as text
+        if isinstance(value, str):
+            try:
+                return uuid.UUID(value)
+            except ValueError:
+                raise ValueError("event_id must be a UUID") from None
+        return value
+
+
+def _request_model(event_type: str, data_model: type[_Data]) -> type[_Envelope]:
+    no_data = data_model is NoData
+    return type(
+        f"{data_model.__name__.removesuffix('Data') or 'Event'}Request",
+        (_Envelope,),
+        {
+            "__annotations__": {"type": Literal[event_type], "data": data_model},
+            "data": Field(default_factory=NoData) if no_data else Field(),
+            "__module__": __name__,
+        },
+    )
+
+
+REQUEST_MODELS: dict[str, type[_Envelope]] = {
+    event_type: _request_model(event_type, model) for event_type, model in DATA_SCHEMAS.items()
+}
+
+EventRequest = Annotated[Union[tuple(REQUEST_MODELS.values())], Field(discriminator="type")]
+_EVENT_REQUEST = TypeAdapter(EventRequest)
+
+
+class InvalidEvent(Exception):
+    """A request body that is not a valid event; ``errors`` names each field at fault."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        self.errors = errors
+        first = errors[0]
+        super().__init__(f"{first['field']}: {first['message']}" if first["field"] else first["message"])
+
+
+class NotJson(Exception):
+    """A body that does not parse as JSON."""
+
+
+def _field(loc: tuple, tagged: bool) -> str:
+    parts = [str(part) for part in loc]
+    if tagged and parts:
+        parts = parts[1:]  # the union's tag, e.g. "approval_requested"
+    return ".".join(parts)
+
+
+def _errors(exc: ValidationError, tagged: bool) -> list[dict[str, str]]:
+    out = []
+    for error in exc.errors(include_url=False, include_input=False):
+        kind = error["type"]
+        if kind == "json_invalid":
+            raise NotJson(error["msg"])
+        field = _field(error["loc"], tagged)
+        message = error["msg"]
+        if kind == "union_tag_invalid":
+            message = f"unknown event type; known types: {', '.join(EVENT_TYPES)}"
+            field = "type"
+        elif kind == "union_tag_not_found":
+            message, field = "an event needs a type", "type"
+        elif kind.startswith("value_error"):
+            message = message.removeprefix("Value error, ")
+        out.append({"field": field, "message": message})
+    return out
+
+
+def parse_event_request(body: bytes) -> _Envelope:
+    """Validate a request body as one event; raises NotJson or InvalidEvent."""
+    try:
+        return _EVENT_REQUEST.validate_json(body)
+    except ValidationError as exc:
+        tagged = all(len(e["loc"]) > 0 and e["type"] not in ("union_tag_invalid", "union_tag_not_found",
+                                                               "model_attributes_type", "model_type")
+                     for e in exc.errors())
+        raise InvalidEvent(_errors(exc, tagged)) from None
+
+
+def is_valid_stream_id(stream_id: str) -> bool:
+    """1-128 characters of ``[A-Za-z0-9._:-]``."""
+    return bool(_STREAM_ID.match(stream_id))

@@ -1,0 +1,327 @@
+"""The event store: one append-only table, optimistic concurrency and idempotent retries.
+
+An append runs in one transaction: it reads the record's row in the state table, lets the
+domain decide each new event against it, inserts the events and writes the row back. The
+database enforces the version (``unique(stream_id, version)`` and a conditional update of the
+row), so two racing writers cannot both win. Handlers given to the store run inside that same
+transaction with the stored events: the seam for projections and outboxes that must not drift
+from the stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import structlog
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service.domain import CaseStudy, Event, apply, replay
+from service.domain.model import PendingEvent
+from service.events.errors import (
+    IdempotencyConflict,
+    StreamAlreadyExists,
+    StreamNotFound,
+    VersionConflict,
+)
+from service.events.tables import case_studies, events, utcnow
+
+log = structlog.get_logger("casestudies.store")
+
+MAX_ATTEMPTS = 5  # retries of an append without expected_version that lost a race
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event as a client asked for it, validated but not yet decided."""
+
+    type: str
+    data: Mapping[str, Any]
+    event_id: str | None = None
+    occurred_at: datetime | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    def digest(self, stream_id: str) -> str:
+        """A fingerprint of what was asked, so a retry can be told from a different request."""
+        content = {
+            "stream_id": stream_id,
+            "type": self.type,
+            "data": self.data,
+            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+        }
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as stored; it satisfies the domain's Event protocol."""
+
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    data: Mapping[str, Any]
+    actor: str
+    recorded_at: datetime
+    occurred_at: datetime
+    correlation_id: str | None
+    causation_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "event_id": self.event_id,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "type": self.type,
+            "data": self.data,
+            "actor": self.actor,
+            "recorded_at": self.recorded_at.isoformat(),
+            "occurred_at": self.occurred_at.isoformat(),
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+        }
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append did: ``created`` is False when it answered a retry of stored events."""
+
+    stream_id: str
+    record: CaseStudy
+    events: tuple[StoredEvent, ...]
+    created: bool
+
+    @property
+    def version(self) -> int:
+        return self.events[-1].version
+
+    @property
+    def position(self) -> int:
+        return self.events[-1].position
+
+
+# Runs inside the append's transaction, after the events and the state row are written.
+AppendHandler = Callable[[Connection, Sequence[StoredEvent], CaseStudy], None]
+
+_EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
+                  events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
+                  events.c.occurred_at, events.c.correlation_id, events.c.causation_id)
+
+
+class _LostRace(Exception):
+    """Another writer changed the stream between our read and our write."""
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(*row)
+
+
+def state_row(record: CaseStudy, last_position: int) -> dict[str, Any]:
+    """The state table's columns for ``record``."""
+    return {
+        "status": record.state,
+        "version": record.version,
+        "csm": record.csm,
+        "account_id": record.account["id"] if record.account else None,
+        "account_name": record.account["name"] if record.account else None,
+        "committed_at": record.committed_at,
+        "entered_status_at": record.entered_status_at,
+        "last_activity_at": record.last_activity_at,
+        "last_position": last_position,
+        "state": record.to_dict(),
+    }
+
+
+class EventStore:
+    """Append to and read from the events table; keeps the state table in step."""
+
+    def __init__(self, engine: Engine, *, handlers: Sequence[AppendHandler] = (),
+                 clock: Callable[[], datetime] = utcnow):
+        self.engine = engine
+        self.handlers = list(handlers)
+        self.clock = clock
+
+    # -- writing -------------------------------------------------------------------------
+    def append(self, stream_id: str, new_events: Sequence[NewEvent], *, actor: str,
+               expected_version: int | None = None) -> AppendResult:
+        """Decide and store ``new_events`` on ``stream_id`` all or none, in one transaction.
+
+        Raises StreamNotFound, StreamAlreadyExists, VersionConflict, IdempotencyConflict,
+        or the domain's TransitionNotAllowed / GuardFailed; nothing is stored when it raises.
+        """
+        if not new_events:
+            raise ValueError("append needs at least one event")
+        digests = [event.digest(stream_id) for event in new_events]
+        actual = 0
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                result = self._append_once(stream_id, new_events, digests, actor, expected_version)
+            except _LostRace as race:
+                actual = race.args[0] if race.args else actual
+                continue
+            if result.created:
+                for event in result.events:
+                    log.info("event_appended", stream_id=stream_id, version=event.version,
+                             type=event.type, position=event.position, event_id=event.event_id,
+                             actor=actor)
+            return result
+        raise VersionConflict(stream_id, expected_version, actual)
+
+    def _append_once(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
+                     actor: str, expected_version: int | None) -> AppendResult:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(writer=True)
+                with conn.begin():
+                    repeated = self._already_stored(conn, stream_id, new_events, digests)
+                    if repeated is not None:
+                        return repeated
+                    return self._decide_and_write(conn, stream_id, new_events, digests, actor,
+                                                  expected_version)
+        except IntegrityError:
+            raise _LostRace() from None
+
+    def _already_stored(self, conn: Connection, stream_id: str, new_events: Sequence[NewEvent],
+                        digests: list[str]) -> AppendResult | None:
+        """The original result when every event id was stored before with the same content."""
+        ids = [event.event_id for event in new_events if event.event_id]
+        if not ids:
+            return None
+        found = {row.event_id: row for row in conn.execute(
+            select(events.c.event_id, events.c.stream_id, events.c.version, events.c.request_digest)
+            .where(events.c.event_id.in_(ids)))}
+        if not found:
+            return None
+        for event, digest in zip(new_events, digests):
+            row = found.get(event.event_id) if event.event_id else None
+            if row is None:
+                raise IdempotencyConflict(
+                    next(iter(found)), "some events of this request were stored before and some were not")
+            if row.stream_id != stream_id or row.request_digest != digest:
+                raise IdempotencyConflict(
+                    event.event_id,
+                    f"event id {event.event_id} was already used for a different event "
+                    f"(stream {row.stream_id}, version {row.version})")
+        versions = sorted(found[event.event_id].version for event in new_events)
+        stream = self._load(conn, stream_id, to_version=versions[-1])
+        record = replay(stream_id, stream)
+        wanted = set(versions)
+        stored = tuple(event for event in stream if event.version in wanted)
+        return AppendResult(stream_id, record, stored, created=False)
+
+    def _decide_and_write(self, conn: Connection, stream_id: str, new_events: Sequence[NewEvent],
+                          digests: list[str], actor: str,
+                          expected_version: int | None) -> AppendResult:
+        row = conn.execute(select(case_studies.c.state).where(case_studies.c.id == stream_id)).first()
+        record = CaseStudy.from_dict(row.state) if row else CaseStudy(id=stream_id)
+        version_before = record.version
+        if new_events[0].type == "committed":
+            if record.exists:
+                raise StreamAlreadyExists(stream_id, record.version)
+        elif not record.exists:
+            raise StreamNotFound(stream_id)
+        if expected_version is not None and expected_version != version_before:
+            raise VersionConflict(stream_id, expected_version, version_before)
+
+        now = self.clock()
+        rows = []
+        for event, digest in zip(new_events, digests):
+            pending = PendingEvent(event.type, event.data, record.version + 1,
+                                   event.occurred_at or now, now)
+            apply(record, pending)
+            rows.append({
+                "event_id": event.event_id or str(uuid.uuid4()),
+                "stream_id": stream_id,
+                "version": pending.version,
+                "type": event.type,
+                "data": event.data,
+                "actor": actor,
+                "recorded_at": now,
+                "occurred_at": pending.occurred_at,
+                "correlation_id": event.correlation_id,
+                "causation_id": event.causation_id,
+                "request_digest": digest,
+            })
+        positions = [conn.execute(insert(events).returning(events.c.position), row).scalar_one()
+                     for row in rows]
+        stored = tuple(
+            StoredEvent(position, r["event_id"], stream_id, r["version"], r["type"], r["data"], actor,
+                        r["recorded_at"], r["occurred_at"], r["correlation_id"], r["causation_id"])
+            for position, r in zip(positions, rows))
+
+        values = state_row(record, positions[-1])
+        if version_before == 0:
+            conn.execute(insert(case_studies).values(id=stream_id, **values))
+        else:
+            written = conn.execute(
+                update(case_studies)
+                .where(case_studies.c.id == stream_id, case_studies.c.version == version_before)
+                .values(**values))
+            if written.rowcount != 1:
+                raise _LostRace(version_before)
+        for handler in self.handlers:
+            handler(conn, stored, record)
+        return AppendResult(stream_id, record, stored, created=True)
+
+    # -- reading -------------------------------------------------------------------------
+    def load(self, stream_id: str, *, recorded_until: datetime | None = None, from_version: int = 1,
+             to_version: int | None = None, limit: int | None = None) -> list[StoredEvent]:
+        """The stream's events, oldest first, optionally cut at a recording time or version."""
+        with self.engine.connect() as conn:
+            return self._load(conn, stream_id, recorded_until=recorded_until,
+                              from_version=from_version, to_version=to_version, limit=limit)
+
+    @staticmethod
+    def _load(conn: Connection, stream_id: str, *, recorded_until: datetime | None = None,
+              from_version: int = 1, to_version: int | None = None,
+              limit: int | None = None) -> list[StoredEvent]:
+        query = (select(*_EVENT_COLUMNS)
+                 .where(events.c.stream_id == stream_id, events.c.version >= from_version)
+                 .order_by(events.c.version))
+        if recorded_until is not None:
+            query = query.where(events.c.recorded_at <= recorded_until)
+        if to_version is not None:
+            query = query.where(events.c.version <= to_version)
+        if limit is not None:
+            query = query.limit(limit)
+        return [_stored(row) for row in conn.execute(query)]
+
+    def record(self, stream_id: str) -> CaseStudy | None:
+        """The record from the state table (read-your-writes after an append)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(case_studies.c.state).where(case_studies.c.id == stream_id)).first()
+        return CaseStudy.from_dict(row.state) if row else None
+
+    def record_as_of(self, stream_id: str, as_of: datetime) -> CaseStudy | None:
+        """The record as known at ``as_of``: a replay of what had been recorded by then."""
+        stream = self.load(stream_id, recorded_until=as_of)
+        return replay(stream_id, stream) if stream else None
+
+    def replay_all(self, *, recorded_until: datetime | None = None,
+                   batch: int = 2000) -> Iterator[CaseStudy]:
+        """Every record rebuilt from the events alone, one stream at a time, in stream id order."""
+        with self.engine.connect() as conn:
+            query = select(*_EVENT_COLUMNS).order_by(events.c.stream_id, events.c.version)
+            if recorded_until is not None:
+                query = query.where(events.c.recorded_at <= recorded_until)
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+            current: CaseStudy | None = None
+            for row in result:
+                event = _stored(row)
+                if current is None or current.id != event.stream_id:
+                    if current is not None:
+                        yield current
+                    current = CaseStudy(id=event.stream_id)
+                apply(current, event)
+            if current is not None:
+                yield current

@@ -1,0 +1,105 @@
+"""The tables, as SQLAlchemy Core sees them. Alembic migrations create them; a test checks they agree."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on both databases (SQLite keeps naive UTC text that sorts correctly)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+Position = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
+
+metadata = MetaData()
+
+events = Table(
+    "events",
+    metadata,
+    Column("position", Position, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("stream_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("data", JsonDocument, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("correlation_id", String(128)),
+    Column("causation_id", String(128)),
+    Column("request_digest", String(64), nullable=False),
+    UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
+    UniqueConstraint("event_id", name="uq_events_event_id"),
+    Index("ix_events_recorded_at", "recorded_at"),
+    sqlite_autoincrement=True,
+)
+
+case_studies = Table(
+    "case_studies",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("status", String(40), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("csm", String(200)),
+    Column("account_id", String(200)),
+    Column("account_name", String(200)),
+    Column("committed_at", UTCDateTime),
+    Column("entered_status_at", UTCDateTime),
+    Column("last_activity_at", UTCDateTime),
+    Column("last_position", BigInteger, nullable=False),
+    Column("state", JsonDocument, nullable=False),
+    Index("ix_case_studies_status", "status"),
+    Index("ix_case_studies_csm", "csm"),
+    Index("ix_case_studies_account_id", "account_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    UniqueConstraint("name", name="uq_api_keys_name"),
+    UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+)
+
+
+
+def utcnow() -> datetime:
+    """The server clock, aware and in UTC."""
+    return datetime.now(UTC)
