@@ -100,7 +100,7 @@ def get_record(stream_id: str):
                                                             if as_of else "")
         raise Problem(404, "not_found", detail, id=stream_id)
     etag = _etag(record.version)
-    if not as_of and etag in request.if_none_match:
+    if not as_of and request.if_none_match.contains(str(record.version)):
         return Response(status=304, headers={"ETag": etag})
     body = record_json(record, services().settings.candidate_kpi_pct)
     if as_of:

@@ -29,9 +29,12 @@ def encode_cursor(last_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        last_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadCursor("cursor is not one this service handed out") from None
+        last_id = None
+    if not last_id or encode_cursor(last_id) != cursor:
+        raise BadCursor("cursor is not one this service handed out")
+    return last_id
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,17 @@ class EventStore:
             with self.engine.connect() as conn:
                 conn.execution_options(writer=True)
                 with conn.begin():
+                    # Lock the record's row first (FOR UPDATE on PostgreSQL; SQLite's BEGIN
+                    # IMMEDIATE already holds the write lock), so a retry that waited behind
+                    # its own first attempt sees that attempt's events below.
+                    row = conn.execute(select(case_studies.c.state)
+                                       .where(case_studies.c.id == stream_id)
+                                       .with_for_update()).first()
                     repeated = self._already_stored(conn, stream_id, new_events, digests)
                     if repeated is not None:
                         return repeated
-                    return self._decide_and_write(conn, stream_id, new_events, digests, actor,
+                    record = CaseStudy.from_dict(row.state) if row else CaseStudy(id=stream_id)
+                    return self._decide_and_write(conn, record, new_events, digests, actor,
                                                   expected_version)
         except IntegrityError:
             raise _LostRace() from None
@@ -219,11 +226,15 @@ class EventStore:
         stored = tuple(event for event in stream if event.version in wanted)
         return AppendResult(stream_id, record, stored, created=False)
 
-    def _decide_and_write(self, conn: Connection, stream_id: str, new_events: Sequence[NewEvent],
+    def _decide_and_write(self, conn: Connection, record: CaseStudy, new_events: Sequence[NewEvent],
                           digests: list[str], actor: str,
                           expected_version: int | None) -> AppendResult:
-        row = conn.execute(select(case_studies.c.state).where(case_studies.c.id == stream_id)).first()
-        record = CaseStudy.from_dict(row.state) if row else CaseStudy(id=stream_id)
+        """Let the domain decide each event on ``record``, then write events and state row.
+
+        unique(stream_id, version), the state table's primary key and the conditional update
+        settle any race the row lock did not prevent (a new stream has no row to lock).
+        """
+        stream_id = record.id
         version_before = record.version
         if new_events[0].type == "committed":
             if record.exists:

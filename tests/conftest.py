@@ -1,0 +1,135 @@
+"""Fixtures: every storage test runs on SQLite and on PostgreSQL through the same contract.
+
+PostgreSQL comes from TEST_DATABASE_URL (a server URL; each test session makes a fresh
+database on it and drops it afterwards). Where it cannot be reached, the PostgreSQL tests are
+skipped with the reason, unless CI is set: then they fail.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from service import create_app, migrations
+from service.bootstrap import Services, build
+from service.config import Settings
+from service.events.db import make_engine, normalise_url
+from service.events.keys import ROLES
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def _postgres_server() -> tuple[str | None, str]:
+    """The admin URL of the test PostgreSQL server, or None and why not."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        return None, "TEST_DATABASE_URL is not set"
+    url = normalise_url(url)
+    try:
+        probe = create_engine(url, connect_args={"connect_timeout": 3})
+        with probe.connect() as conn:
+            conn.execute(text("select 1"))
+        probe.dispose()
+    except Exception as error:  # any failure to connect means "no PostgreSQL here"
+        return None, f"PostgreSQL at {make_url(url).render_as_string()} cannot be reached: {error}"
+    return url, ""
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    url, why = _postgres_server()
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but PostgreSQL is unavailable: {why}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests skipped: {why}")
+    return url
+
+
+@dataclass
+class Database:
+    backend: str
+    url: str
+    engine: Engine
+
+
+def _fresh_postgres(server_url: str) -> str:
+    name = f"casestudies_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres(server_url: str, url: str) -> None:
+    name = make_url(url).database
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database(request, tmp_path_factory) -> Iterator[Database]:
+    """A migrated database per backend, shared by the session (tests use unique stream ids)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
+        server = None
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = _fresh_postgres(server)
+    engine = make_engine(url, pool_size=20)
+    migrations.upgrade(engine)
+    yield Database(request.param, url, engine)
+    engine.dispose()
+    if server:
+        _drop_postgres(server, url)
+
+
+@pytest.fixture
+def fresh_database(request, tmp_path) -> Iterator[Database]:
+    """An empty, unmigrated database of the backend the test is parametrised with."""
+    backend = request.param
+    if backend == "sqlite":
+        url, server = f"sqlite:///{tmp_path / 'fresh.db'}", None
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = _fresh_postgres(server)
+    engine = make_engine(url)
+    yield Database(backend, url, engine)
+    engine.dispose()
+    if server:
+        _drop_postgres(server, url)
+
+
+@pytest.fixture(scope="session")
+def services(database) -> Services:
+    settings = Settings(database_url=database.url, log_format="json")
+    return build(settings, engine=database.engine)
+
+
+@pytest.fixture(scope="session")
+def app(services):
+    return create_app(services=services)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def keys(services) -> dict[str, str]:
+    """One API key per role, named after it."""
+    suffix = uuid.uuid4().hex[:6]
+    return {role: services.keys.create(f"{role}-{suffix}", role) for role in ROLES}
+
+
+def unique_id(prefix: str = "cs") -> str:
+    """A stream id no other test uses, so tests can share one database."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,123 @@
+"""The service as a user runs it: the CLI migrates and makes keys, gunicorn serves over HTTP."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.factories import COMMITTED
+
+BIN = Path(sys.executable).parent
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"}
+    return subprocess.run([str(BIN / "casestudies"), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base: str, method: str, path: str, key: str | None = None, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method, headers={
+        **({"Authorization": f"Bearer {key}"} if key else {}),
+        **({"Content-Type": "application/json"} if data else {}),
+        **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"null")
+
+
+@pytest.fixture
+def served(fresh_database, tmp_path):
+    url = fresh_database.url
+    migrated = cli(url, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen([str(BIN / "casestudies"), "serve", "--port", str(port), "--workers", "2"],
+                                  env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+                                  stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if call(base, "GET", "/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert server.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.1)
+    yield url, base, log_path
+    server.terminate()
+    server.wait(timeout=15)
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
+def test_a_new_user_migrates_makes_keys_and_walks_a_record_to_publication(served):
+    url, base, log_path = served
+    made = cli(url, "keys", "create", "--role", "writer", "--name", "crm-automation")
+    assert made.returncode == 0, made.stderr
+    writer = made.stdout.strip()
+    auditor = cli(url, "keys", "create", "--role", "auditor", "--name", "audit").stdout.strip()
+    assert cli(url, "keys", "create", "--role", "writer", "--name", "crm-automation").returncode != 0
+
+    steps = [("committed", COMMITTED), ("started", {}), ("approval_requested", {"approvers": ["legal"]}),
+             ("approval_granted", {"role": "legal", "approver": "Kim"}),
+             ("published", {"url": "https://example.com/s/1"})]
+    for version, (event_type, data) in enumerate(steps, start=1):
+        status, headers, body = call(base, "POST", "/case-studies/acme-2026-q3/events", writer,
+                                     {"type": event_type, "data": data},
+                                     {"X-Request-Id": f"walk-{version}"})
+        assert status == 201, body
+        assert headers["ETag"] == f'"{version}"' and headers["X-Request-Id"] == f"walk-{version}"
+    status, _, record = call(base, "GET", "/case-studies/acme-2026-q3", writer)
+    assert status == 200 and record["status"] == "published"
+    status, _, stream = call(base, "GET", "/case-studies/acme-2026-q3/events", auditor)
+    assert {e["actor"] for e in stream["events"]} == {"crm-automation"}
+    status, _, error = call(base, "POST", "/case-studies/acme-2026-q3/events", writer, {"type": "started"})
+    assert status == 409 and error["code"] == "transition_not_allowed"
+
+    listed = cli(url, "keys", "list").stdout
+    assert "crm-automation\twriter" in listed and writer not in listed
+    assert cli(url, "keys", "revoke", "crm-automation").returncode == 0
+    status, _, error = call(base, "GET", "/case-studies/acme-2026-q3", writer)
+    assert status == 401 and error["code"] == "unauthorized"
+
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("event") == "request" and line["request_id"].startswith("walk-")]
+    assert [r["request_id"] for r in requests] == [f"walk-{v}" for v in range(1, 6)]
+    assert all(r["key"] == "crm-automation" and r["status"] == 201 for r in requests)
+    appended = [line for line in lines if line.get("event") == "event_appended"]
+    assert [(a["stream_id"], a["version"], a["type"]) for a in appended] == [
+        ("acme-2026-q3", v, t) for v, (t, _) in enumerate(steps, start=1)]
+    assert writer not in log_path.read_text()
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
+def test_readyz_says_not_ready_until_the_database_is_migrated(fresh_database, tmp_path):
+    from service import create_app
+    from service.config import Settings
+
+    app = create_app(Settings(database_url=fresh_database.url, log_format="json"))
+    answer = app.test_client().get("/readyz")
+    assert answer.status_code == 503 and answer.get_json()["code"] == "not_ready"
+    assert "casestudies db upgrade" in answer.get_json()["detail"]

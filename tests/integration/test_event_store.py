@@ -1,0 +1,261 @@
+"""The event store's contract, run on SQLite and on PostgreSQL alike."""
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from service.domain import GuardFailed, TransitionNotAllowed, replay
+from service.events.errors import (
+    IdempotencyConflict,
+    StreamAlreadyExists,
+    StreamNotFound,
+    VersionConflict,
+)
+from service.events.store import EventStore, NewEvent
+from service.events.tables import events
+from tests.conftest import unique_id
+from tests.factories import COMMITTED, PATHS, VALID_DATA
+
+
+@pytest.fixture
+def store(database) -> EventStore:
+    return EventStore(database.engine)
+
+
+def commit(store: EventStore, stream_id: str, **kw):
+    return store.append(stream_id, [NewEvent("committed", COMMITTED, **kw)], actor="tests")
+
+
+def count_events(store: EventStore, stream_id: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(events)
+                            .where(events.c.stream_id == stream_id)).scalar_one()
+
+
+def test_appended_events_are_numbered_from_1_and_read_back_with_every_field(store):
+    stream = unique_id()
+    first = commit(store, stream, correlation_id="deal-7")
+    second = store.append(stream, [NewEvent("started", {})], actor="csm-tool", expected_version=1)
+    assert (first.version, second.version) == (1, 2)
+    assert second.position > first.position
+    loaded = store.load(stream)
+    assert [e.version for e in loaded] == [1, 2]
+    assert loaded[0].data == COMMITTED and loaded[0].actor == "tests"
+    assert loaded[0].correlation_id == "deal-7"
+    assert loaded[1].actor == "csm-tool"
+    assert loaded[0].recorded_at.tzinfo is not None and loaded[0].occurred_at == loaded[0].recorded_at
+    assert second.record.state == "in_progress"
+
+
+def test_occurred_at_may_be_earlier_than_recorded_at_for_back_filled_history(store):
+    stream = unique_id()
+    then = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    commit(store, stream, occurred_at=then)
+    [event] = store.load(stream)
+    assert event.occurred_at == then and event.recorded_at > then
+    assert store.record(stream).committed_at == then
+
+
+def test_a_stale_expected_version_is_a_conflict_and_stores_nothing(store):
+    stream = unique_id()
+    commit(store, stream)
+    store.append(stream, [NewEvent("started", {})], actor="t", expected_version=1)
+    with pytest.raises(VersionConflict) as conflict:
+        store.append(stream, [NewEvent("quote_added", VALID_DATA["quote_added"])], actor="t",
+                     expected_version=1)
+    assert (conflict.value.expected, conflict.value.actual) == (1, 2)
+    assert count_events(store, stream) == 2
+
+
+def test_committing_an_existing_stream_is_refused(store):
+    stream = unique_id()
+    commit(store, stream)
+    with pytest.raises(StreamAlreadyExists):
+        commit(store, stream)
+
+
+def test_events_other_than_committed_need_an_existing_stream(store):
+    with pytest.raises(StreamNotFound):
+        store.append(unique_id(), [NewEvent("started", {})], actor="t")
+
+
+def test_a_refused_event_is_not_stored(store):
+    stream = unique_id()
+    commit(store, stream)
+    with pytest.raises(TransitionNotAllowed):
+        store.append(stream, [NewEvent("published", VALID_DATA["published"])], actor="t")
+    assert count_events(store, stream) == 1
+    assert store.record(stream).version == 1
+
+
+def test_a_retry_with_the_same_event_id_answers_the_original_result_and_stores_nothing(store):
+    stream, event_id = unique_id(), str(uuid.uuid4())
+    commit(store, stream)
+    first = store.append(stream, [NewEvent("started", {}, event_id=event_id)], actor="t")
+    store.append(stream, [NewEvent("quote_added", VALID_DATA["quote_added"])], actor="t")
+    retry = store.append(stream, [NewEvent("started", {}, event_id=event_id)], actor="t", expected_version=2)
+    assert retry.created is False and first.created is True
+    assert (retry.version, retry.position, retry.events[0].event_id) == (2, first.position, event_id)
+    assert retry.record.state == "in_progress" and retry.record.version == 2
+    assert count_events(store, stream) == 3
+
+
+def test_the_same_event_id_with_another_body_is_an_idempotency_conflict(store):
+    stream, event_id = unique_id(), str(uuid.uuid4())
+    commit(store, stream)
+    store.append(stream, [NewEvent("quote_added", VALID_DATA["quote_added"], event_id=event_id)], actor="t")
+    other = {"text": "something else", "speaker": "Jo"}
+    with pytest.raises(IdempotencyConflict):
+        store.append(stream, [NewEvent("quote_added", other, event_id=event_id)], actor="t")
+    with pytest.raises(IdempotencyConflict):  # same id on another stream
+        elsewhere = unique_id()
+        commit(store, elsewhere)
+        store.append(elsewhere, [NewEvent("quote_added", VALID_DATA["quote_added"], event_id=event_id)],
+                     actor="t")
+    assert count_events(store, stream) == 2
+
+
+def test_a_batch_is_appended_all_or_none(store):
+    stream = unique_id()
+    with pytest.raises(GuardFailed):
+        store.append(stream, [NewEvent("committed", COMMITTED), NewEvent("reassigned", {"csm": "Dana"})],
+                     actor="t")
+    assert count_events(store, stream) == 0 and store.record(stream) is None
+    result = store.append(stream, [NewEvent(t, d) for t, d in PATHS["published"]], actor="t")
+    assert result.version == 5 and result.record.state == "published"
+
+
+def test_writers_racing_with_expected_versions_win_exactly_once_per_version(store):
+    stream = unique_id()
+    commit(store, stream)
+    threads, rounds = 8, 6
+    wins: list[int] = []
+    losses = Counter()
+    barrier = threading.Barrier(threads)
+
+    def writer(n: int) -> None:
+        for r in range(rounds):
+            barrier.wait()
+            version = store.record(stream).version
+            barrier.wait()  # every writer read the same version before any writes
+            try:
+                result = store.append(stream, [NewEvent("quote_added", {"text": f"{n}/{r}", "speaker": "x"})],
+                                      actor=f"w{n}", expected_version=version)
+                wins.append(result.version)
+            except VersionConflict:
+                losses[r] += 1
+
+    pool = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert sorted(wins) == list(range(2, 2 + rounds))  # exactly one winner per version
+    assert sum(losses.values()) == (threads - 1) * rounds
+    assert [e.version for e in store.load(stream)] == list(range(1, 2 + rounds))  # no gaps, no duplicates
+
+
+def test_writers_racing_without_expected_versions_all_land_with_no_gaps(store):
+    stream = unique_id()
+    commit(store, stream)
+    threads, each = 8, 10
+    errors = []
+
+    def writer(n: int) -> None:
+        for i in range(each):
+            try:
+                store.append(stream, [NewEvent("quote_added", {"text": f"{n}/{i}", "speaker": "x"})],
+                             actor=f"w{n}")
+            except Exception as error:  # collected: the assertion below shows any
+                errors.append(error)
+
+    pool = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
+    loaded = store.load(stream)
+    assert [e.version for e in loaded] == list(range(1, 2 + threads * each))
+    assert len({e.position for e in loaded}) == len(loaded)
+    assert store.record(stream).version == 1 + threads * each
+
+
+def test_racing_commits_of_one_new_stream_create_it_once(store):
+    stream = unique_id()
+    outcomes = []
+    barrier = threading.Barrier(6)
+
+    def writer() -> None:
+        barrier.wait()
+        try:
+            commit(store, stream)
+            outcomes.append("created")
+        except StreamAlreadyExists:
+            outcomes.append("exists")
+
+    pool = [threading.Thread(target=writer) for _ in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert sorted(outcomes) == ["created"] + ["exists"] * 5
+    assert count_events(store, stream) == 1
+
+
+def test_concurrent_retries_of_one_event_id_store_it_once(store):
+    stream, event_id = unique_id(), str(uuid.uuid4())
+    commit(store, stream)
+    created = []
+    barrier = threading.Barrier(6)
+
+    def writer() -> None:
+        barrier.wait()
+        created.append(store.append(stream, [NewEvent("started", {}, event_id=event_id)], actor="t").created)
+
+    pool = [threading.Thread(target=writer) for _ in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert sorted(created) == [False] * 5 + [True]
+    assert count_events(store, stream) == 2
+
+
+def test_the_state_table_equals_a_full_replay(store):
+    streams = {status: unique_id(status) for status in PATHS if status != "new"}
+    for status, stream in streams.items():
+        store.append(stream, [NewEvent(t, d) for t, d in PATHS[status]], actor="t")
+    # more history on some, one event at a time, as clients would post it
+    busy = streams["in_progress"]
+    for step in [("metrics_recorded", {"kind": "baseline", "metrics": {"days": 30.5}}),
+                 ("metrics_recorded", {"kind": "current", "metrics": {"days": 12}, "lower_is_better": ["days"]}),
+                 ("nps_recorded", {"score": 9}), ("reassigned", {"csm": "Robin"}),
+                 ("held", {"reason": "reorg", "revisit_on": "2027-02-01"}), ("resumed", {}),
+                 ("approval_requested", {"approvers": ["legal", "marketing"]}),
+                 ("changes_requested", {"role": "legal", "comment": "no revenue"})]:
+        store.append(busy, [NewEvent(*step)], actor="t")
+    for status, stream in streams.items():
+        from_table = store.record(stream)
+        from_replay = replay(stream, store.load(stream))
+        assert from_table == from_replay, status
+        assert from_table.state == (status if stream != busy else "in_progress")
+    rebuilt = {r.id: r for r in store.replay_all() if r.id in streams.values()}
+    assert rebuilt == {s: store.record(s) for s in streams.values()}
+
+
+def test_as_of_replays_only_what_had_been_recorded_by_then(database):
+    clock = iter([datetime(2026, 11, 1, tzinfo=UTC) + timedelta(days=d) for d in range(10)])
+    store = EventStore(database.engine, clock=lambda: next(clock))
+    stream = unique_id()
+    store.append(stream, [NewEvent("committed", COMMITTED)], actor="t")       # Nov 1
+    store.append(stream, [NewEvent("started", {})], actor="t")                # Nov 2
+    store.append(stream, [NewEvent("held", {"reason": "reorg"})], actor="t")  # Nov 3
+    assert store.record_as_of(stream, datetime(2026, 10, 31, tzinfo=UTC)) is None
+    assert store.record_as_of(stream, datetime(2026, 11, 2, 12, tzinfo=UTC)).state == "in_progress"
+    assert store.record_as_of(stream, datetime(2026, 11, 3, tzinfo=UTC)).state == "on_hold"
