@@ -7,11 +7,40 @@ import sys
 import structlog
 
 
+def _uses_json(log_format: str) -> bool:
+    return log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
+
+
+def _renderer(use_json: bool):
+    return (structlog.processors.JSONRenderer() if use_json
+            else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))
+
+
+def stdlib_logging_config(log_format: str = "auto", level: str = "info") -> dict:
+    """A ``logging.config.dictConfig`` that renders other libraries' logs (gunicorn's) like ours."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structlog": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processor": _renderer(_uses_json(log_format)),
+            "foreign_pre_chain": [structlog.processors.add_log_level,
+                                  structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        }},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                                "formatter": "structlog"}},
+        "root": {"handlers": ["stdout"], "level": level.upper()},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog for the process; ``auto`` means console on a terminal, JSON otherwise."""
-    use_json = log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
-    renderer = (structlog.processors.JSONRenderer() if use_json
-                else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))
+    use_json = _uses_json(log_format)
+    renderer = _renderer(use_json)
     processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

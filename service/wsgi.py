@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
+from service.config import Settings
+from service.logs import stdlib_logging_config
+
 
 class _Gunicorn(BaseApplication):
     def __init__(self, options: dict):
@@ -21,7 +24,9 @@ class _Gunicorn(BaseApplication):
 
 def serve(host: str, port: int, workers: int, threads: int = 1) -> None:
     """Run gunicorn in the foreground; each worker builds its own app and database pool."""
+    settings = Settings.from_env()
     _Gunicorn({
+        "logconfig_dict": stdlib_logging_config(settings.log_format, settings.log_level),
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,

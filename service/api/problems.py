@@ -49,7 +49,7 @@ class Problem(Exception):
             "code": self.code,
             **self.extra,
         }
-        response = Response(json.dumps(body), status=self.status, mimetype=PROBLEM_JSON)
+        response = Response(json.dumps(body) + "\n", status=self.status, mimetype=PROBLEM_JSON)
         if self.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="casestudies"'
         return response
