@@ -110,3 +110,91 @@ def env_int(name: str, default: int) -> int:
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- CPU accounting from /proc (Linux) ----------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, cpu ticks user+system, cmdline) for every process we can read."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), cmdline)
+    return table
+
+
+def _busy_ticks() -> int:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values[:8]) - idle
+
+
+class CpuMeter:
+    """CPU seconds spent during a window by: a server's process tree, the PostgreSQL backends
+    serving given databases, PostgreSQL's shared background processes, and everything else on
+    the machine (``other``: anything not ours, e.g. someone else's test run, shows up here)."""
+
+    def __init__(self, server_pid: int | None, dbnames: list[str]):
+        self.server_pid = server_pid
+        self.dbnames = dbnames
+
+    def _classify(self, table) -> dict[str, int]:
+        tree = set()
+        if self.server_pid is not None:
+            tree.add(self.server_pid)
+            changed = True
+            while changed:
+                changed = False
+                for pid, (ppid, _, _) in table.items():
+                    if ppid in tree and pid not in tree:
+                        tree.add(pid)
+                        changed = True
+        out = {"server": 0, "postgres_backends": 0, "postgres_shared": 0, "me": 0}
+        for pid, (_, ticks, cmd) in table.items():
+            if pid in tree:
+                out["server"] += ticks
+            elif pid == os.getpid():
+                out["me"] += ticks
+            elif cmd.startswith("postgres:"):
+                if any(f" {db} " in cmd for db in self.dbnames):
+                    out["postgres_backends"] += ticks
+                elif " postgres " not in cmd.split(":", 2)[-1][:12] and "127.0.0.1" not in cmd \
+                        and "[local]" not in cmd:
+                    out["postgres_shared"] += ticks  # walwriter, checkpointer, ...
+        return out
+
+    def __enter__(self) -> "CpuMeter":
+        import resource
+
+        self._t0 = __import__("time").perf_counter()
+        self._busy0 = _busy_ticks()
+        self._procs0 = self._classify(_proc_table())
+        self._children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import resource
+
+        procs1 = self._classify(_proc_table())
+        busy1 = _busy_ticks()
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.seconds = __import__("time").perf_counter() - self._t0
+        cpu = {k: (procs1[k] - self._procs0[k]) / _TICK for k in procs1}
+        cpu["load_generator"] = ((children1.ru_utime - self._children0.ru_utime)
+                                 + (children1.ru_stime - self._children0.ru_stime))
+        cpu["machine_busy"] = (busy1 - self._busy0) / _TICK
+        cpu["other"] = max(0.0, cpu["machine_busy"] - sum(
+            cpu[k] for k in ("server", "postgres_backends", "postgres_shared", "me", "load_generator")))
+        self.cpu = cpu

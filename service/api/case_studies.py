@@ -115,8 +115,9 @@ def get_events(stream_id: str):
     _stream_id(stream_id)
     from_version = params.bounded_int("from_version", 1, 1, 2**31 - 1)
     limit = params.bounded_int("limit", EVENTS_PAGE, 1, EVENTS_PAGE)
-    events = services().store.load(stream_id, from_version=from_version, limit=limit + 1)
-    if not events and from_version == 1:
+    store = services().store
+    events = store.load(stream_id, from_version=from_version, limit=limit + 1)
+    if not events and (from_version == 1 or store.record(stream_id) is None):
         raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)
     more = len(events) > limit
     events = events[:limit]

@@ -162,12 +162,10 @@ class EventStore:
         if not new_events:
             raise ValueError("append needs at least one event")
         digests = [event.digest(stream_id) for event in new_events]
-        actual = 0
         for _ in range(MAX_ATTEMPTS):
             try:
                 result = self._append_once(stream_id, new_events, digests, actor, expected_version)
-            except _LostRace as race:
-                actual = race.args[0] if race.args else actual
+            except _LostRace:
                 continue
             if result.created:
                 for event in result.events:
@@ -175,7 +173,8 @@ class EventStore:
                              type=event.type, position=event.position, event_id=event.event_id,
                              actor=actor)
             return result
-        raise VersionConflict(stream_id, expected_version, actual)
+        current = self.record(stream_id)
+        raise VersionConflict(stream_id, expected_version, current.version if current else 0)
 
     def _append_once(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
                      actor: str, expected_version: int | None) -> AppendResult:
@@ -279,7 +278,7 @@ class EventStore:
                 .where(case_studies.c.id == stream_id, case_studies.c.version == version_before)
                 .values(**values))
             if written.rowcount != 1:
-                raise _LostRace(version_before)
+                raise _LostRace()
         for handler in self.handlers:
             handler(conn, stored, record)
         return AppendResult(stream_id, record, stored, created=True)

@@ -359,3 +359,16 @@ def test_a_refused_write_is_logged_with_its_reason(client, keys):
         post(client, keys["writer"], stream, {"type": "published", "data": VALID_DATA["published"]})
     [refused] = [line for line in logs if line["event"] == "write_refused"]
     assert refused["code"] == "transition_not_allowed" and "cannot apply published" in refused["reason"]
+
+
+def test_the_event_stream_pages_by_version_with_a_next_link(client, keys):
+    stream = make(client, keys["writer"], "published")  # 5 events
+    first = client.get(f"/case-studies/{stream}/events", query_string={"limit": 2},
+                       headers=auth(keys["auditor"])).get_json()
+    assert [e["version"] for e in first["events"]] == [1, 2]
+    second = client.get(first["next"], headers=auth(keys["auditor"])).get_json()
+    assert [e["version"] for e in second["events"]] == [3, 4]
+    last = client.get(second["next"], headers=auth(keys["auditor"])).get_json()
+    assert [e["version"] for e in last["events"]] == [5] and last["next"] is None
+    problem(client.get(f"/case-studies/{unique_id()}/events", query_string={"from_version": 3},
+                       headers=auth(keys["auditor"])), 404, "not_found")
