@@ -6,7 +6,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 # make test runs the storage tests on PostgreSQL too when this server answers; otherwise it
 # skips them with the reason (CI sets CI=true, and then an unreachable server fails the run).
-TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 PYTEST_ARGS ?=
 
 .PHONY: run test migrate lock bench clean

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import resource
 import statistics
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -113,6 +116,7 @@ def log(message: str) -> None:
 
 
 # -- CPU accounting from /proc (Linux) ----------------------------------------------------
+_BACKEND = re.compile(r"\(\d+\)|\[local\]")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -167,30 +171,26 @@ class CpuMeter:
                 out["server"] += ticks
             elif pid == os.getpid():
                 out["me"] += ticks
-            elif cmd.startswith("postgres:"):
-                if any(f" {db} " in cmd for db in self.dbnames):
-                    out["postgres_backends"] += ticks
-                elif " postgres " not in cmd.split(":", 2)[-1][:12] and "127.0.0.1" not in cmd \
-                        and "[local]" not in cmd:
-                    out["postgres_shared"] += ticks  # walwriter, checkpointer, ...
+            elif cmd.startswith("postgres:") or "/bin/postgres " in cmd:
+                if _BACKEND.search(cmd):  # a client connection: "postgres: 15/main: user db host(port) ..."
+                    if any(f" {db} " in cmd for db in self.dbnames):
+                        out["postgres_backends"] += ticks
+                else:  # postmaster, walwriter, checkpointer, autovacuum, ...
+                    out["postgres_shared"] += ticks
         return out
 
     def __enter__(self) -> "CpuMeter":
-        import resource
-
-        self._t0 = __import__("time").perf_counter()
+        self._t0 = time.perf_counter()
         self._busy0 = _busy_ticks()
         self._procs0 = self._classify(_proc_table())
         self._children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         return self
 
     def __exit__(self, *exc) -> None:
-        import resource
-
         procs1 = self._classify(_proc_table())
         busy1 = _busy_ticks()
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.seconds = __import__("time").perf_counter() - self._t0
+        self.seconds = time.perf_counter() - self._t0
         cpu = {k: (procs1[k] - self._procs0[k]) / _TICK for k in procs1}
         cpu["load_generator"] = ((children1.ru_utime - self._children0.ru_utime)
                                  + (children1.ru_stime - self._children0.ru_stime))

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import click
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from service.config import Settings, SettingsError
 from service.events.db import make_engine
@@ -15,6 +17,20 @@ def _settings() -> Settings:
         return Settings.from_env()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+
+
+@contextmanager
+def _database_errors():
+    """Turn database failures into one clear line instead of a traceback."""
+    try:
+        yield
+    except ArgumentError as error:
+        raise click.ClickException(f"DATABASE_URL is not a database URL: {error}") from None
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        hint = " (has `casestudies db upgrade` been run?)" if "no such table" in reason or \
+            "does not exist" in reason else ""
+        raise click.ClickException(f"database error: {reason}{hint}") from None
 
 
 @click.group()
@@ -48,10 +64,11 @@ def upgrade() -> None:
     from service import migrations
 
     settings = _settings()
-    engine = make_engine(settings.database_url)
-    migrations.upgrade(engine)
-    click.echo(f"database at revision {migrations.current_revision(engine)}")
-    engine.dispose()
+    with _database_errors():
+        engine = make_engine(settings.database_url)
+        migrations.upgrade(engine)
+        click.echo(f"database at revision {migrations.current_revision(engine)}")
+        engine.dispose()
 
 
 @main.group()
@@ -60,7 +77,8 @@ def keys() -> None:
 
 
 def _key_store() -> KeyStore:
-    return KeyStore(make_engine(_settings().database_url))
+    with _database_errors():
+        return KeyStore(make_engine(_settings().database_url))
 
 
 @keys.command("create")
@@ -69,7 +87,8 @@ def _key_store() -> KeyStore:
 def keys_create(role: str, name: str) -> None:
     """Create a key and print it once; only its hash is stored."""
     try:
-        key = _key_store().create(name, role)
+        with _database_errors():
+            key = _key_store().create(name, role)
     except KeyRequestError as error:
         raise click.ClickException(str(error)) from None
     click.echo(key)
@@ -79,7 +98,9 @@ def keys_create(role: str, name: str) -> None:
 @keys.command("list")
 def keys_list() -> None:
     """List keys (names, roles, prefixes; never the keys)."""
-    for info in _key_store().list():
+    with _database_errors():
+        infos = _key_store().list()
+    for info in infos:
         state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
         click.echo(f"{info.name}\t{info.role}\t{info.prefix}…\t{info.created_at:%Y-%m-%d %H:%M}\t{state}")
 
@@ -89,7 +110,8 @@ def keys_list() -> None:
 def keys_revoke(name: str) -> None:
     """Revoke the key called NAME; it stops working at once."""
     try:
-        _key_store().revoke(name)
+        with _database_errors():
+            _key_store().revoke(name)
     except KeyRequestError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"revoked {name!r}")

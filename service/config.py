@@ -8,6 +8,7 @@ from typing import Mapping
 from service.domain import StuckThresholds
 
 DEFAULT_DATABASE_URL = "sqlite:///var/casestudies.db"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class SettingsError(ValueError):
@@ -46,7 +47,6 @@ class Settings:
     log_level: str = "info"
     max_body_bytes: int = 64 * 1024
     db_pool_size: int = 5
-    public_base_url: str = ""
     candidate_kpi_pct: float = 20.0
     stuck: StuckThresholds = field(default_factory=StuckThresholds)
 
@@ -57,13 +57,15 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "auto").lower()
         if log_format not in ("json", "console", "auto"):
             raise SettingsError("LOG_FORMAT must be json, console or auto")
+        log_level = env.get("LOG_LEVEL", "info").lower()
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         defaults = StuckThresholds()
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             log_format=log_format,
-            log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_level=log_level,
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1),
-            public_base_url=env.get("PUBLIC_BASE_URL", "").rstrip("/"),
             candidate_kpi_pct=_float(env, "CANDIDATE_KPI_IMPROVEMENT_PCT", 20.0),
             stuck=StuckThresholds(
                 not_started_days=_int(env, "STUCK_NOT_STARTED_DAYS", defaults.not_started_days),

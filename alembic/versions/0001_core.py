@@ -15,6 +15,8 @@ depends_on = None
 
 JSON_DOCUMENT = sa.JSON().with_variant(JSONB(), "postgresql")
 TIMESTAMP = sa.DateTime(timezone=True)
+# Ids sort and compare byte by byte on PostgreSQL, as they do on SQLite, whatever the server's locale.
+STREAM_ID = sa.String(128).with_variant(sa.String(128, collation="C"), "postgresql")
 
 
 def upgrade() -> None:
@@ -23,7 +25,7 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
                   primary_key=True, autoincrement=True),
         sa.Column("event_id", sa.String(36), nullable=False),
-        sa.Column("stream_id", sa.String(128), nullable=False),
+        sa.Column("stream_id", STREAM_ID, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("data", JSON_DOCUMENT, nullable=False),
@@ -41,7 +43,7 @@ def upgrade() -> None:
 
     op.create_table(
         "case_studies",
-        sa.Column("id", sa.String(128), primary_key=True),
+        sa.Column("id", STREAM_ID, primary_key=True),
         sa.Column("status", sa.String(40), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("csm", sa.String(200)),

@@ -37,7 +37,7 @@ def _expected_version(body_value: int | None) -> int | None:
     if header is None:
         return body_value
     raw = header.strip().removeprefix("W/").strip('"')
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
         raise _invalid("If-Match", 'must be a version in quotes, e.g. "2"')
     if body_value is not None and body_value != int(raw):
         raise _invalid("expected_version", "differs from the If-Match header")
@@ -58,6 +58,14 @@ def _event_id(body_value) -> str | None:
     return header_id
 
 
+def _body() -> bytes:
+    """The request body, refused with 413 past the limit whether or not it has a Content-Length."""
+    body = request.get_data(cache=False)  # Werkzeug refuses a declared Content-Length over the limit
+    if request.content_length is None:
+        request.stream.read(1)  # a chunked body stops at the limit; reading past it raises 413
+    return body
+
+
 def _etag(version: int) -> str:
     return f'"{version}"'
 
@@ -69,8 +77,7 @@ def post_event(stream_id: str):
     _stream_id(stream_id)
     if not request.is_json:
         raise Problem(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
-    body = request.get_data(cache=False)
-    event = parse_event_request(body)
+    event = parse_event_request(_body())
     now = utcnow()
     if event.occurred_at is not None and event.occurred_at > now + MAX_CLOCK_SKEW:
         raise _invalid("occurred_at", "is in the future; occurred_at is when it happened")
@@ -100,7 +107,7 @@ def get_record(stream_id: str):
                                                             if as_of else "")
         raise Problem(404, "not_found", detail, id=stream_id)
     etag = _etag(record.version)
-    if not as_of and request.if_none_match.contains(str(record.version)):
+    if not as_of and request.if_none_match.contains_weak(str(record.version)):
         return Response(status=304, headers={"ETag": etag})
     body = record_json(record, services().settings.candidate_kpi_pct)
     if as_of:
@@ -130,16 +137,14 @@ def get_events(stream_id: str):
 @requires(*RECORD_READERS)
 def list_records():
     """Records from the state table, filtered and paginated with an opaque cursor."""
-    page = services().projections.list_records(
-        status=params.choice("status", list(STATUS_LABELS)),
-        csm=params.text("csm"),
-        account=params.text("account"),
-        limit=params.bounded_int("limit", 50, 1, 500),
-        cursor=params.text("cursor", 400),
-    )
+    filters = {"status": params.choice("status", list(STATUS_LABELS)), "csm": params.text("csm"),
+               "account": params.text("account")}
+    limit = params.bounded_int("limit", 50, 1, 500)
+    page = services().projections.list_records(**filters, limit=limit, cursor=params.text("cursor", 400))
     threshold = services().settings.candidate_kpi_pct
     next_url = None
     if page.next_cursor:
-        next_url = url_for("case_studies.list_records", **{**request.args, "cursor": page.next_cursor})
+        given = {name: value for name, value in filters.items() if value is not None}
+        next_url = url_for("case_studies.list_records", **given, limit=limit, cursor=page.next_cursor)
     return {"items": [record_json(record, threshold) for record in page.records],
             "next_cursor": page.next_cursor, "next": next_url}

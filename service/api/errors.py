@@ -24,13 +24,6 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                415: "unsupported_media_type"}
 
 
-def _refused(problem: Problem, reason: str) -> Problem:
-    """Log a refused write with its reason; nothing of it is stored."""
-    if request.method == "POST":
-        log.info("write_refused", code=problem.code, status=problem.status, reason=reason)
-    return problem
-
-
 def to_problem(error: Exception) -> Problem:
     """Translate any exception raised while serving a request into a Problem."""
     match error:
@@ -38,26 +31,23 @@ def to_problem(error: Exception) -> Problem:
             return error
         case TransitionNotAllowed() | GuardFailed():
             code = "transition_not_allowed" if isinstance(error, TransitionNotAllowed) else "guard_failed"
-            return _refused(Problem(409, code, error.reason, current_status=error.current_status,
-                                    allowed_events=error.allowed_events, reason=error.reason,
-                                    event_type=error.event_type), error.reason)
+            return Problem(409, code, error.reason, current_status=error.current_status,
+                           allowed_events=error.allowed_events, reason=error.reason,
+                           event_type=error.event_type)
         case StreamNotFound():
-            return _refused(Problem(404, "not_found", str(error), id=error.stream_id), str(error))
+            return Problem(404, "not_found", str(error), id=error.stream_id)
         case StreamAlreadyExists():
-            return _refused(Problem(409, "already_exists", str(error), id=error.stream_id,
-                                    current_version=error.version), str(error))
+            return Problem(409, "already_exists", str(error), id=error.stream_id,
+                           current_version=error.version)
         case VersionConflict():
-            return _refused(Problem(409, "version_conflict", str(error), id=error.stream_id,
-                                    expected_version=error.expected, current_version=error.actual),
-                            str(error))
+            return Problem(409, "version_conflict", str(error), id=error.stream_id,
+                           expected_version=error.expected, current_version=error.actual)
         case IdempotencyConflict():
-            return _refused(Problem(409, "idempotency_conflict", str(error), event_id=error.event_id),
-                            str(error))
+            return Problem(409, "idempotency_conflict", str(error), event_id=error.event_id)
         case InvalidEvent():
-            return _refused(Problem(422, "invalid_event", str(error), errors=error.errors), str(error))
+            return Problem(422, "invalid_event", str(error), errors=error.errors)
         case NotJson():
-            return _refused(Problem(415, "unsupported_media_type", f"the body is not valid JSON: {error}"),
-                            "not json")
+            return Problem(415, "unsupported_media_type", f"the body is not valid JSON: {error}")
         case BadCursor():
             return Problem(400, "invalid_parameter", str(error), parameter="cursor")
         case StreamCorrupt():
@@ -73,7 +63,9 @@ def to_problem(error: Exception) -> Problem:
             if error.code == 413:
                 detail = "the request body is larger than the 64 KiB limit"
             problem = Problem(error.code or 500, code, detail)
-            return _refused(problem, detail) if error.code == 413 else problem
+            if error.code == 405 and getattr(error, "valid_methods", None):
+                problem.headers["Allow"] = ", ".join(error.valid_methods)
+            return problem
     log.exception("unhandled_error")
     return Problem(500, "internal_error", "something went wrong on our side; the request id "
                    "identifies it in our logs", request_id=_request_id())
@@ -86,4 +78,8 @@ def _request_id() -> str | None:
 def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _handle(error: Exception):
-        return to_problem(error).response()
+        problem = to_problem(error)
+        if request.method == "POST" and 400 <= problem.status < 500:
+            # Refused writes are never stored; the log keeps who tried what and why it was refused.
+            log.info("write_refused", code=problem.code, status=problem.status, reason=problem.detail)
+        return problem.response()

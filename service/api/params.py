@@ -4,12 +4,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime, time
+import re
+from datetime import UTC, date, datetime, time
 from typing import Iterable, Sequence
 
 from flask import Response, request
 
 from service.api.problems import Problem
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]+(Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
 
 
 def as_of(name: str = "as_of") -> datetime | None:
@@ -18,25 +23,28 @@ def as_of(name: str = "as_of") -> datetime | None:
     if raw is None or raw == "":
         return None
     try:
-        if len(raw) == 10:
-            value = datetime.combine(datetime.fromisoformat(raw).date(), time.max)
-        else:
+        if _DATE.fullmatch(raw):
+            value = datetime.combine(date.fromisoformat(raw), time.max)
+        elif _DATETIME.fullmatch(raw):
             value = datetime.fromisoformat(raw)
-    except ValueError:
+        else:
+            raise ValueError(raw)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        hint = " (send + in an offset as %2B)" if " " in raw else ""
         raise Problem(400, "invalid_parameter",
-                      f"{name} must be an ISO-8601 date or time, e.g. 2026-11-20T09:00:00Z",
+                      f"{name} must be an ISO-8601 date (2026-11-20) or time (2026-11-20T09:00:00Z){hint}",
                       parameter=name) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def bounded_int(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
+    value = int(raw) if re.fullmatch(r"[0-9]{1,10}", raw) else None
     if value is None or not low <= value <= high:
         raise Problem(400, "invalid_parameter", f"{name} must be a whole number from {low} to {high}",
                       parameter=name)
@@ -59,6 +67,9 @@ def text(name: str, max_length: int = 200) -> str | None:
         return None
     if len(raw) > max_length:
         raise Problem(400, "invalid_parameter", f"{name} is longer than {max_length} characters",
+                      parameter=name)
+    if _CONTROL.search(raw):
+        raise Problem(400, "invalid_parameter", f"{name} must not contain control characters",
                       parameter=name)
     return raw
 

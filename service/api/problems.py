@@ -39,6 +39,7 @@ class Problem(Exception):
         self.code = code
         self.detail = detail
         self.extra = extra
+        self.headers: dict[str, str] = {}
 
     def response(self) -> Response:
         body = {
@@ -50,6 +51,7 @@ class Problem(Exception):
             **self.extra,
         }
         response = Response(json.dumps(body) + "\n", status=self.status, mimetype=PROBLEM_JSON)
+        response.headers.update(self.headers)
         if self.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="casestudies"'
         return response

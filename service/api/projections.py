@@ -31,8 +31,9 @@ def pipeline():
 def stuck():
     """Stuck records at ``as_of`` (default now), each with a code, a reason and the details."""
     as_csv = params.wants_csv()
+    as_of = params.as_of()
     now = utcnow()
-    as_of = params.as_of() or now
+    as_of = as_of or now
     rows = services().projections.stuck(as_of=as_of, now=now, csm=params.text("csm"),
                                          code=params.choice("code", STUCK_CODES))
     items = [{

@@ -30,6 +30,7 @@ def record_json(record: CaseStudy, kpi_threshold_pct: float) -> dict:
         "approvers": record.approvers,
         "approval_round": record.approval_round,
         "approval_requested_at": _iso(record.approval_requested_at),
+        "changes_requested": record.changes_requested,
         "draft_url": record.draft_url,
         "hold": ({"reason": record.hold_reason, "revisit_on": record.revisit_on,
                   "held_from": record.held_from, "held_at": _iso(record.held_at)}

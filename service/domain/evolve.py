@@ -22,6 +22,7 @@ def _approval_requested(record: CaseStudy, data: Mapping[str, Any]) -> None:
     record.approval_round += 1
     record.approvals = {role: "pending" for role in data["approvers"]}
     record.approvers = {}
+    record.changes_requested = None
     record.draft_url = data.get("draft_url")
 
 
@@ -31,9 +32,14 @@ def _approval_granted(record: CaseStudy, data: Mapping[str, Any]) -> None:
 
 
 def _changes_requested(record: CaseStudy, data: Mapping[str, Any]) -> None:
+    # The round is over: the answers given stay visible, nobody is pending any more, and the
+    # next approval_requested starts a new round.
     record.approvals[data["role"]] = "changes_requested"
+    record.approvals = {role: answer for role, answer in record.approvals.items() if answer != "pending"}
     if data.get("approver"):
         record.approvers[data["role"]] = data["approver"]
+    record.changes_requested = {"round": record.approval_round, "role": data["role"],
+                                "comment": data["comment"], "approver": data.get("approver")}
 
 
 def _published(record: CaseStudy, data: Mapping[str, Any]) -> None:
@@ -61,7 +67,8 @@ def _reassigned(record: CaseStudy, data: Mapping[str, Any]) -> None:
 
 
 def _metrics_recorded(record: CaseStudy, data: Mapping[str, Any]) -> None:
-    record.metrics[data["kind"]].update(data["metrics"])
+    # float(): PostgreSQL's JSONB gives whole numbers back as int, SQLite as float.
+    record.metrics[data["kind"]].update({name: float(value) for name, value in data["metrics"].items()})
     for name in data.get("lower_is_better", ()):
         if name not in record.lower_is_better:
             record.lower_is_better.append(name)

@@ -92,6 +92,11 @@ def apply(record: CaseStudy, event: Event) -> CaseStudy:
         raise StreamCorrupt(
             f"stream {record.id}: event version {event.version} does not follow version {record.version}")
     status_before = record.state
+    if record.last_activity_at is not None and event.occurred_at < record.last_activity_at:
+        raise GuardFailed(
+            event.type, status_before, allowed_events(status_before),
+            f"occurred_at {event.occurred_at.isoformat()} is before the record's last event "
+            f"({record.last_activity_at.isoformat()}); a record's events are kept in the order they happened")
     machine_event = MACHINE.events.get(event.type)
     if machine_event is None:
         raise TransitionNotAllowed(event.type, status_before, allowed_events(status_before),

@@ -102,6 +102,7 @@ class CaseStudy:
     approvals: dict[str, str] = field(default_factory=dict)
     approvers: dict[str, str] = field(default_factory=dict)
     approval_requested_at: datetime | None = None
+    changes_requested: dict[str, Any] | None = None
     draft_url: str | None = None
     held_from: str | None = None
     held_at: datetime | None = None

@@ -1,6 +1,7 @@
 """Readiness (playbook sections 1 and 9): tracked and shown, never enforced."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from service.domain.model import CaseStudy
@@ -37,6 +38,8 @@ def improvement_pct(baseline: float, current: float, lower_is_better: bool) -> f
     if baseline == 0:
         return None
     change = (current - baseline) / abs(baseline) * 100.0
+    if not math.isfinite(change):
+        return None
     return round(-change if lower_is_better else change, 2)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Iterable, Iterator
 
 from sqlalchemy import Engine, func, or_, select
 
 from service.domain import STATUS_LABELS, CaseStudy, StuckFinding, StuckThresholds, stuck_findings
 from service.domain.model import Status
+from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
 from service.events.tables import case_studies
 
@@ -32,7 +33,7 @@ def decode_cursor(cursor: str) -> str:
         last_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         last_id = None
-    if not last_id or encode_cursor(last_id) != cursor:
+    if not last_id or encode_cursor(last_id) != cursor or not is_valid_stream_id(last_id):
         raise BadCursor("cursor is not one this service handed out")
     return last_id
 
@@ -92,7 +93,7 @@ class Projections:
     def stuck(self, *, as_of: datetime, now: datetime, csm: str | None = None,
               code: str | None = None) -> list[StuckRow]:
         """Stuck records at ``as_of``: from the state table for now or later, by replay for the past."""
-        if as_of < now - timedelta(seconds=1):
+        if as_of < now:
             records: Iterable[CaseStudy] = (r for r in self.store.replay_all(recorded_until=as_of)
                                             if csm is None or r.csm == csm)
         else:

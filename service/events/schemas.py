@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -24,15 +24,21 @@ from pydantic import (
 from service.domain import APPROVER_ROLES, EVENT_TYPES
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+_STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048, pattern=r"^https?://\S+$")]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+# No control characters in names; texts may hold line breaks and tabs.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                        pattern=r"^[^\x00-\x1f\x7f]*$")]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000,
+                                        pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048, pattern=r"^https?://[!-~]+$")]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254,
+                                         pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")]
 Ident = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:/-]{1,128}$")]
 Role = Literal["marketing", "legal", "executive_sponsor"]
-Number = Annotated[float, Field(allow_inf_nan=False)]
+# Bounded so that every value survives both databases' JSON exactly (integers below 2**53).
+METRIC_LIMIT = 1e15
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-METRIC_LIMIT, le=METRIC_LIMIT)]
 
 assert set(Role.__args__) == set(APPROVER_ROLES)
 
@@ -170,6 +176,16 @@ class _Envelope(BaseModel):
     correlation_id: Ident | None = None
     causation_id: Ident | None = None
 
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred_at_in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("occurred_at is out of range") from None
+
     @field_validator("event_id", mode="before")
     @classmethod
     def _event_id_from_text(cls, value: Any) -> Any:
@@ -216,20 +232,29 @@ class NotJson(Exception):
     """A body that does not parse as JSON."""
 
 
-def _field(loc: tuple, tagged: bool) -> str:
+_PATTERN_MESSAGES = {
+    Name.__metadata__[0].pattern: "must not contain control characters",
+    Text.__metadata__[0].pattern: "must not contain control characters other than line breaks and tabs",
+    Url.__metadata__[0].pattern: "must be an http:// or https:// URL without spaces",
+    Email.__metadata__[0].pattern: "must be an email address",
+    Ident.__metadata__[0].pattern: "must be 1-128 characters of A-Z a-z 0-9 . _ : / -",
+}
+
+
+def _field(loc: tuple) -> str:
     parts = [str(part) for part in loc]
-    if tagged and parts:
+    if parts and parts[0] in REQUEST_MODELS:
         parts = parts[1:]  # the union's tag, e.g. "approval_requested"
     return ".".join(parts)
 
 
-def _errors(exc: ValidationError, tagged: bool) -> list[dict[str, str]]:
+def _errors(exc: ValidationError) -> list[dict[str, str]]:
     out = []
     for error in exc.errors(include_url=False, include_input=False):
         kind = error["type"]
         if kind == "json_invalid":
             raise NotJson(error["msg"])
-        field = _field(error["loc"], tagged)
+        field = _field(error["loc"])
         message = error["msg"]
         if kind == "union_tag_invalid":
             message = f"unknown event type; known types: {', '.join(EVENT_TYPES)}"
@@ -238,6 +263,8 @@ def _errors(exc: ValidationError, tagged: bool) -> list[dict[str, str]]:
             message, field = "an event needs a type", "type"
         elif kind.startswith("value_error"):
             message = message.removeprefix("Value error, ")
+        elif kind == "string_pattern_mismatch":
+            message = _PATTERN_MESSAGES.get(error.get("ctx", {}).get("pattern"), message)
         out.append({"field": field, "message": message})
     return out
 
@@ -247,12 +274,9 @@ def parse_event_request(body: bytes) -> _Envelope:
     try:
         return _EVENT_REQUEST.validate_json(body)
     except ValidationError as exc:
-        tagged = all(len(e["loc"]) > 0 and e["type"] not in ("union_tag_invalid", "union_tag_not_found",
-                                                               "model_attributes_type", "model_type")
-                     for e in exc.errors())
-        raise InvalidEvent(_errors(exc, tagged)) from None
+        raise InvalidEvent(_errors(exc)) from None
 
 
 def is_valid_stream_id(stream_id: str) -> bool:
-    """1-128 characters of ``[A-Za-z0-9._:-]``."""
-    return bool(_STREAM_ID.match(stream_id))
+    """1-128 characters of ``[A-Za-z0-9._:-]``, but not ``.`` or ``..`` (paths would swallow them)."""
+    return bool(_STREAM_ID.fullmatch(stream_id)) and stream_id not in (".", "..")

@@ -42,6 +42,9 @@ class UTCDateTime(TypeDecorator):
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 Position = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
 
+# Ids sort and compare byte by byte on PostgreSQL, as they do on SQLite, whatever the server's locale.
+StreamId = String(128).with_variant(String(128, collation="C"), "postgresql")
+
 metadata = MetaData()
 
 events = Table(
@@ -49,7 +52,7 @@ events = Table(
     metadata,
     Column("position", Position, primary_key=True, autoincrement=True),
     Column("event_id", String(36), nullable=False),
-    Column("stream_id", String(128), nullable=False),
+    Column("stream_id", StreamId, nullable=False),
     Column("version", Integer, nullable=False),
     Column("type", String(64), nullable=False),
     Column("data", JsonDocument, nullable=False),
@@ -68,7 +71,7 @@ events = Table(
 case_studies = Table(
     "case_studies",
     metadata,
-    Column("id", String(128), primary_key=True),
+    Column("id", StreamId, primary_key=True),
     Column("status", String(40), nullable=False),
     Column("version", Integer, nullable=False),
     Column("csm", String(200)),

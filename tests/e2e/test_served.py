@@ -1,6 +1,7 @@
 """The service as a user runs it: the CLI migrates and makes keys, gunicorn serves over HTTP."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -94,6 +95,16 @@ def test_a_new_user_migrates_makes_keys_and_walks_a_record_to_publication(served
     assert {e["actor"] for e in stream["events"]} == {"crm-automation"}
     status, _, error = call(base, "POST", "/case-studies/acme-2026-q3/events", writer, {"type": "started"})
     assert status == 409 and error["code"] == "transition_not_allowed"
+
+    # a chunked body has no Content-Length; past 64 KiB it is refused all the same
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    padded = [b'{"type":"quote_added","data":{"text":"x","speaker":"Jo"}}', b" " * (100 * 1024), b"GARBAGE"]
+    connection.request("POST", "/case-studies/acme-2026-q3/events", body=iter(padded), encode_chunked=True,
+                       headers={"Authorization": f"Bearer {writer}", "Content-Type": "application/json"})
+    refused = connection.getresponse()
+    assert refused.status == 413 and json.loads(refused.read())["code"] == "payload_too_large"
+    connection.close()
+    assert call(base, "GET", "/case-studies/acme-2026-q3", writer)[2]["version"] == 5
 
     listed = cli(url, "keys", "list").stdout
     assert "crm-automation\twriter" in listed and writer not in listed

@@ -60,3 +60,37 @@ def test_data_is_normalised_for_storage():
     parsed = parse({"type": "held", "data": {"reason": "  reorg  ", "revisit_on": "2027-01-02"}})
     assert parsed.data.model_dump(mode="json", exclude_none=True) == {"reason": "reorg",
                                                                       "revisit_on": "2027-01-02"}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"type": "reassigned", "data": {"csm": "a\u0000b"}}, "data.csm"),
+    ({"type": "quote_added", "data": {"text": "x\u0000y", "speaker": "Jo"}}, "data.text"),
+    ({"type": "metrics_recorded", "data": {"kind": "baseline", "metrics": {"a\u0001": 1}}}, "data.metrics.a\u0001.[key]"),
+    ({"type": "metrics_recorded", "data": {"kind": "baseline", "metrics": {"x": 1e300}}}, "data.metrics.x"),
+    ({"type": "quote_added", "data": VALID_DATA["quote_added"], "occurred_at": "0001-01-01T00:00:00+01:00"},
+     "occurred_at"),
+    ({"type": "committed", "data": {"account": "x"}}, "data.account"),
+    ({"type": "started", "data": None}, "data"),
+])
+def test_control_characters_out_of_range_values_and_wrong_shapes_are_refused(body, field):
+    assert field in field_of(body)
+
+
+def test_line_breaks_are_allowed_in_texts_but_not_in_names():
+    parsed = parse({"type": "quote_added", "data": {"text": "first line\nsecond line", "speaker": "Jo"}})
+    assert parsed.data.text == "first line\nsecond line"
+    assert "data.speaker" in field_of({"type": "quote_added", "data": {"text": "x", "speaker": "Jo\nPark"}})
+
+
+@pytest.mark.parametrize("stream_id", ["ok", "acme-2026-q3", "a.b:c_d", "x" * 128])
+def test_stream_ids_of_the_allowed_form_are_accepted(stream_id):
+    from service.events.schemas import is_valid_stream_id
+
+    assert is_valid_stream_id(stream_id)
+
+
+@pytest.mark.parametrize("stream_id", ["", "x" * 129, "bad id", "nl\n", "é", ".", "..", "a/b"])
+def test_stream_ids_outside_the_allowed_form_are_refused(stream_id):
+    from service.events.schemas import is_valid_stream_id
+
+    assert not is_valid_stream_id(stream_id)

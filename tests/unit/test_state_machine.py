@@ -115,13 +115,18 @@ def test_an_approver_cannot_answer_twice():
 
 
 def test_changes_requested_ends_the_round_and_a_new_request_starts_the_next():
-    record = record_in(A)
-    apply(record, event("changes_requested", {"role": "marketing", "comment": "shorter"}, 4))
+    record = record_in(I)
+    apply(record, event("approval_requested", {"approvers": ["marketing", "legal", "executive_sponsor"]}, 3))
+    apply(record, event("approval_granted", {"role": "marketing", "approver": "Sam"}, 4))
+    apply(record, event("changes_requested", {"role": "legal", "comment": "no revenue figures"}, 5))
     assert record.state == I
-    assert record.approvals == {"marketing": "changes_requested"}
-    apply(record, event("approval_requested", {"approvers": ["legal"]}, 5))
+    assert record.approvals == {"marketing": "granted", "legal": "changes_requested"}  # nobody pending
+    assert record.pending_approvers() == []
+    assert record.changes_requested == {"round": 1, "role": "legal", "comment": "no revenue figures",
+                                        "approver": None}
+    apply(record, event("approval_requested", {"approvers": ["legal"]}, 6))
     assert record.state == A
-    assert record.approvals == {"legal": "pending"}
+    assert record.approvals == {"legal": "pending"} and record.changes_requested is None
     assert record.approval_round == 2
 
 
@@ -185,3 +190,21 @@ def test_records_are_never_registered_with_the_shared_machine():
     for _ in range(100):
         record_in(P)
     assert MACHINE.models == []
+
+
+def test_an_event_may_not_have_happened_before_the_record_s_last_event():
+    record = replay("r", [event("committed", VALID_DATA["committed"], 1, T0),
+                          event("started", {}, 2, T0 + timedelta(days=5))])
+    with pytest.raises(GuardFailed) as refusal:
+        apply(record, event("quote_added", VALID_DATA["quote_added"], 3, T0 + timedelta(days=1)))
+    assert "is before the record's last event" in refusal.value.reason
+    apply(record, event("quote_added", VALID_DATA["quote_added"], 3, T0 + timedelta(days=5)))  # same time is fine
+    assert record.version == 3
+
+
+def test_metric_values_read_back_as_int_or_float_give_the_same_record():
+    as_int = replay("r", [event("committed", VALID_DATA["committed"], 1),
+                          event("metrics_recorded", {"kind": "baseline", "metrics": {"days": 30}}, 2)])
+    as_float = replay("r", [event("committed", VALID_DATA["committed"], 1),
+                            event("metrics_recorded", {"kind": "baseline", "metrics": {"days": 30.0}}, 2)])
+    assert as_int == as_float and isinstance(as_int.metrics["baseline"]["days"], float)

@@ -120,3 +120,8 @@ def test_an_msa_restriction_blocks_candidacy_unless_anonymized():
     assert not readiness(build(("committed", restricted, 0), *steps), 20).candidate
     anonymized = {**restricted, "anonymized": True, "industry_description": "a major airline"}
     assert readiness(build(("committed", anonymized, 0), *steps), 20).candidate
+
+
+def test_an_improvement_too_large_to_represent_is_not_reported():
+    record = build(("committed", COMMITTED, 0), metrics("baseline", {"x": 1e-300}), metrics("current", {"x": 1e15}))
+    assert readiness(record, 20).kpi_improvement_pct is None

@@ -1,0 +1,182 @@
+"""Run the benchmarks end to end and print a summary: ``python -m bench [http] [length] [store] [breakdown]``.
+
+With no arguments everything runs (about 3-4 minutes). Raw results go to bench/results/latest.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from bench.common import _TICK, RESULTS, ROOT, _busy_ticks, log, pg_admin
+
+PARTS = ("http", "length", "store", "breakdown")
+
+
+def _background_busy(seconds: float = 1.0) -> float:
+    """Percent of the machine's CPU busy while we do nothing (someone else's work)."""
+    b0 = _busy_ticks()
+    time.sleep(seconds)
+    return 100 * (_busy_ticks() - b0) / _TICK / (seconds * (os.cpu_count() or 1))
+
+
+def _code_version() -> dict:
+    """Which code was measured: HEAD, and whether service/ had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "service_uncommitted_changes": bool(git("status", "--porcelain", "--", "service", "alembic"))}
+
+
+def _preflight() -> None:
+    try:
+        with pg_admin() as conn:
+            conn.execute("select 1")
+    except Exception as error:  # noqa: BLE001 - tell the user, whatever it is
+        sys.exit(f"cannot reach PostgreSQL ({error}); set BENCH_PG_URL, "
+                 "e.g. postgresql://postgres@127.0.0.1:5432")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def summary(results: dict) -> str:
+    rows: list[tuple[str, str, str, str, str]] = []
+    notes: list[str] = []
+    http = results.get("http")
+    if http and "skipped" not in http:
+        b, o = http["bare"], http["ours"]
+        rows.append(("(a) HTTP append, gunicorn 2 sync workers, wrk 16 conns",
+                     f"bare {b['rps']:.0f} req/s, ours {o['rps']:.0f} req/s",
+                     f"{http['ratio']:.2f}x", ">= 0.60x", _yes(http["met"])))
+        rows.append(("    per round (bare / ours req/s)",
+                     " ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(b["per_round_rps"], o["per_round_rps"])),
+                     " ".join(f"{r:.2f}x" for r in http["per_round_ratio"]), "", ""))
+        rows.append(("    non-2xx responses / socket errors",
+                     f"bare {b['non_2xx']}/{b['socket_errors']}, ours {o['non_2xx']}/{o['socket_errors']}",
+                     "", "", ""))
+        rows.append(("    latency p50 / p99 (ms)",
+                     f"bare {max(b['latency_p50_ms']):.1f}/{max(b['latency_p99_ms']):.1f}, "
+                     f"ours {max(o['latency_p50_ms']):.1f}/{max(o['latency_p99_ms']):.1f}", "", "", ""))
+        for name, side in (("bare", b), ("ours", o)):
+            c = side["cpu_ms_per_request"]
+            rows.append((f"    CPU ms/request, {name}",
+                         f"server {c['server']:.2f}, postgres {c['postgres_backends'] + c['postgres_shared']:.2f}, "
+                         f"wrk {c['load_generator']:.2f}, unattributed {c['other']:.2f}",
+                         f"busy {side['machine_busy_pct']:.0f}%", "", ""))
+        diff = http["ours_quote_events_stored"] - http["ours_201_responses"]
+        notes.append(f"(a) ours: {http['ours_201_responses']} responses 201 counted by wrk, "
+                     f"{http['ours_quote_events_stored']} quote_added events stored (difference {diff}: "
+                     "requests in flight when wrk stopped, at most one per connection per run): "
+                     + ("consistent" if http["stored_vs_201_consistent"] else "INCONSISTENT, check the logs"))
+    elif http:
+        rows.append(("(a) HTTP append", http["skipped"], "", ">= 0.60x", "skipped"))
+
+    length = results.get("length")
+    if length:
+        for backend in ("postgresql", "sqlite"):
+            for kind, label in (("metrics", "stream length only"), ("quotes", "state grows too")):
+                r = length[backend][kind]
+                target = "<= 1.2x" if kind == "metrics" else "(info)"
+                met = _yes(r["ratio_median"] <= 1.2) if kind == "metrics" else ""
+                rows.append((f"(b) v1000 vs v10, {backend}, {kind} ({label})",
+                             f"median {r['short']['median_ms']:.2f} -> {r['long']['median_ms']:.2f} ms, "
+                             f"p95 {r['short']['p95_ms']:.2f} -> {r['long']['p95_ms']:.2f} ms",
+                             f"{r['ratio_median']:.2f}x (p95 {r['ratio_p95']:.2f}x)", target, met))
+
+    store = results.get("store")
+    if store:
+        s = store["single_client"]
+        rows.append(("(c1) one client: ours vs eventsourcing (PostgreSQL)",
+                     f"ours {s['ours']['events_per_s']:.0f} ev/s, eventsourcing "
+                     f"{s['eventsourcing']['events_per_s']:.0f} ev/s",
+                     f"{s['ratio']:.2f}x", ">= 2.0x", _yes(s["met"])))
+        ref = s["reference"]
+        rows.append(("    reference: eventsourcing get+save / raw psycopg floor",
+                     f"{ref['eventsourcing_get_save_100_aggregates']['events_per_s']:.0f} / "
+                     f"{ref['raw_psycopg_floor']['events_per_s']:.0f} ev/s", "", "", ""))
+        c = store["concurrency"]
+        rows.append((f"(c2) {c['writers']} writer threads vs 1 (PostgreSQL, pool 16)",
+                     f"1: {c['one']['events_per_s']:.0f} ev/s, {c['writers']}: {c['many']['events_per_s']:.0f} ev/s",
+                     f"{c['ratio']:.2f}x", ">= 2.0x", _yes(c["met"])))
+        p = c["reference"]
+        rows.append((f"    reference: {c['writers']} writer processes",
+                     f"{p['processes']['events_per_s']:.0f} ev/s (machine {p['processes']['machine_busy_pct']:.0f}% busy)",
+                     f"{p['processes_ratio']:.2f}x", "", ""))
+
+    bd = results.get("breakdown")
+    if bd:
+        us = bd["per_request_us"]
+        rows.append(("(diag) one request in-process: ours / bare app",
+                     f"CPU {us['request total']['cpu_us']:.0f} / {us['bare app request total']['cpu_us']:.0f} us, "
+                     f"wall {us['request total']['wall_us']:.0f} / {us['bare app request total']['wall_us']:.0f} us",
+                     "", "", ""))
+        for key in ("authenticate", "append sql", "commit", "state_row", "append other", "rest of request"):
+            rows.append((f"       {bd['labels'][key].strip()}",
+                         f"CPU {us[key]['cpu_us']:.0f} us, wall {us[key]['wall_us']:.0f} us", "", "", ""))
+
+    widths = [max(len(r[i]) for r in rows + [("Benchmark", "Measured", "Ratio", "Target", "Met")])
+              for i in range(5)]
+    lines = []
+    header = ("Benchmark", "Measured", "Ratio", "Target", "Met")
+    for row in [header] + rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if row is header:
+            lines.append("  ".join("-" * w for w in widths))
+    code = results.get("code") or {}
+    notes.append(f"code measured: HEAD {code.get('head') or '?'}"
+                 + (" plus uncommitted changes in service/ or alembic/" if code.get("service_uncommitted_changes")
+                    else ""))
+    if results.get("background_busy_pct") is not None:
+        notes.append(f"background CPU before the run: {results['background_busy_pct']:.0f}% "
+                     "(work not ours on this machine; high values make the figures noisier)")
+    return "\n".join(lines + [""] + [f"note: {n}" for n in notes])
+
+
+def main(argv: list[str]) -> None:
+    parts = [a for a in argv if a in PARTS] or list(PARTS)
+    unknown = [a for a in argv if a not in PARTS]
+    if unknown:
+        sys.exit(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    _preflight()
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {
+        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
+    results["code"] = _code_version()
+    results["background_busy_pct"] = _background_busy()
+    log(f"background CPU busy: {results['background_busy_pct']:.0f}%")
+    t0 = time.perf_counter()
+    if "http" in parts:
+        from bench import http_append
+        log("== (a) HTTP append vs bare Flask + psycopg")
+        results["http"] = http_append.run()
+    if "length" in parts:
+        from bench import stream_length
+        log("== (b) append latency vs stream length")
+        results["length"] = stream_length.run()
+    if "store" in parts:
+        from bench import store_throughput
+        log("== (c) store throughput")
+        results["store"] = store_throughput.run()
+    if "breakdown" in parts:
+        from bench import breakdown
+        log("== diagnostic: CPU per step of one append request")
+        results["breakdown"] = breakdown.run()
+    results["elapsed_s"] = time.perf_counter() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    print()
+    print(summary(results))
+    print(f"\nraw results: {RESULTS / 'latest.json'}  (total {results['elapsed_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
