@@ -60,7 +60,8 @@ def summary(results: dict) -> str:
                      f"{http['ratio']:.2f}x", ">= 0.60x", _yes(http["met"])))
         rows.append(("    per round (bare / ours req/s)",
                      " ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(b["per_round_rps"], o["per_round_rps"])),
-                     " ".join(f"{r:.2f}x" for r in http["per_round_ratio"]), "", ""))
+                     " ".join(f"{r:.2f}x" for r in http["per_round_ratio"])
+                     + f" (best/best {http['ratio_best_rounds']:.2f}x)", "", ""))
         rows.append(("    non-2xx responses / socket errors",
                      f"bare {b['non_2xx']}/{b['socket_errors']}, ours {o['non_2xx']}/{o['socket_errors']}",
                      "", "", ""))

@@ -253,6 +253,9 @@ def run() -> dict:
         "ours": ours_total,
         "ratio": ratio,
         "per_round_ratio": [o["rps"] / b["rps"] for o, b in zip(runs["ours"], runs["bare"])],
+        # interference from other work only ever slows a round down: best against best is the
+        # figure least affected by it (the target is judged on ``ratio``, totals over all rounds)
+        "ratio_best_rounds": max(r["rps"] for r in runs["ours"]) / max(r["rps"] for r in runs["bare"]),
         "ours_201_responses": ours_201,
         "ours_quote_events_stored": stored_quotes,
         "stored_vs_201_consistent": consistent,
