@@ -52,7 +52,6 @@ def upgrade() -> None:
         sa.Column("committed_at", TIMESTAMP),
         sa.Column("entered_status_at", TIMESTAMP),
         sa.Column("last_activity_at", TIMESTAMP),
-        sa.Column("last_position", sa.BigInteger, nullable=False),
         sa.Column("state", JSON_DOCUMENT, nullable=False),
     )
     op.create_index("ix_case_studies_status", "case_studies", ["status"])

@@ -45,6 +45,7 @@ def record_json(record: CaseStudy, kpi_threshold_pct: float) -> dict:
         "last_event_type": record.last_event_type,
         "metrics": {**record.metrics, "lower_is_better": record.lower_is_better},
         "quotes": record.quotes,
+        "quote_count": record.quote_count,
         "nps": record.nps,
         "shared_formats": record.shared_formats,
         "views": record.views,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from service.domain.model import CaseStudy, Event, Status
+from service.domain.model import QUOTES_KEPT, CaseStudy, Event, Status
 
 
 def _committed(record: CaseStudy, data: Mapping[str, Any]) -> None:
@@ -75,7 +75,8 @@ def _metrics_recorded(record: CaseStudy, data: Mapping[str, Any]) -> None:
 
 
 def _quote_added(record: CaseStudy, data: Mapping[str, Any]) -> None:
-    record.quotes.append({"text": data["text"], "speaker": data["speaker"]})
+    record.quotes = [*record.quotes[-(QUOTES_KEPT - 1):], {"text": data["text"], "speaker": data["speaker"]}]
+    record.quote_count += 1
 
 
 def _nps_recorded(record: CaseStudy, data: Mapping[str, Any]) -> None:

@@ -71,6 +71,10 @@ class PendingEvent:
     recorded_at: datetime
 
 
+# The record keeps the latest quotes only, so that its state, and with it the cost of an
+# append, does not grow with the stream; every quote stays in the stream.
+QUOTES_KEPT = 20
+
 _DATETIME_FIELDS = ("committed_at", "entered_status_at", "last_activity_at", "approval_requested_at",
                     "published_at", "held_at")
 
@@ -113,7 +117,8 @@ class CaseStudy:
     published_at: datetime | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=lambda: {"baseline": {}, "current": {}})
     lower_is_better: list[str] = field(default_factory=list)
-    quotes: list[dict[str, str]] = field(default_factory=list)
+    quotes: list[dict[str, str]] = field(default_factory=list)  # the latest QUOTES_KEPT
+    quote_count: int = 0
     nps: dict[str, Any] | None = None
     shared_formats: list[str] = field(default_factory=list)
     views: int | None = None
@@ -132,7 +137,7 @@ class CaseStudy:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that ``from_dict`` turns back into an equal record."""
-        out = dataclasses.asdict(self)
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
         for name in _DATETIME_FIELDS:
             value = out[name]
             out[name] = value.isoformat() if value is not None else None
@@ -146,3 +151,6 @@ class CaseStudy:
             if values.get(name) is not None:
                 values[name] = datetime.fromisoformat(values[name])
         return cls(**values)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(CaseStudy))

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.events.tables import api_keys, utcnow
@@ -44,11 +44,18 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+_FIND_KEY = (select(api_keys.c.name, api_keys.c.role)
+             .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None)))
+
+
 class KeyStore:
     """Create, list, revoke and check API keys."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        # One-statement lookups need no transaction (and on PostgreSQL no BEGIN/ROLLBACK).
+        self._reader = engine if engine.dialect.name == "sqlite" else \
+            engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def create(self, name: str, role: str) -> str:
         """Store a new key for ``name`` with ``role`` and return it; it cannot be shown again."""
@@ -86,8 +93,6 @@ class KeyStore:
         """The principal for a presented key, or None when it is unknown or revoked."""
         if not key.startswith(KEY_PREFIX) or len(key) > 100:
             return None
-        with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys.c.name, api_keys.c.role)
-                               .where(api_keys.c.key_hash == hash_key(key),
-                                      api_keys.c.revoked_at.is_(None))).first()
+        with self._reader.connect() as conn:
+            row = conn.execute(_FIND_KEY, {"key_hash": hash_key(key)}).first()
         return Principal(row.name, row.role) if row else None

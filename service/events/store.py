@@ -1,11 +1,13 @@
 """The event store: one append-only table, optimistic concurrency and idempotent retries.
 
-An append runs in one transaction: it reads the record's row in the state table, lets the
-domain decide each new event against it, inserts the events and writes the row back. The
-database enforces the version (``unique(stream_id, version)`` and a conditional update of the
-row), so two racing writers cannot both win. Handlers given to the store run inside that same
-transaction with the stored events: the seam for projections and outboxes that must not drift
-from the stream.
+An append reads the record's row in the state table, lets the domain decide each new event
+against it (never a replay of the whole stream), and writes the events together with the new
+state row only if the row is still at the version the decision was made on (see writes.py).
+The database enforces it: the conditional write, ``unique(stream_id, version)``,
+``unique(event_id)`` and the state table's primary key each refuse a second winner. A writer
+that lost a race decides again on the new state, unless it asked for an expected version.
+Handlers given to the store run inside the write's transaction with the stored events: the
+seam for projections and outboxes that must not drift from the stream.
 """
 from __future__ import annotations
 
@@ -17,18 +19,20 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import structlog
-from sqlalchemy import Connection, Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, bindparam, select
 
-from service.domain import CaseStudy, Event, apply, replay
+from service.domain import CaseStudy, DomainError, Event, apply, replay
 from service.domain.model import PendingEvent
+from service.events.db import is_sqlite
 from service.events.errors import (
     IdempotencyConflict,
+    StoreError,
     StreamAlreadyExists,
     StreamNotFound,
     VersionConflict,
 )
 from service.events.tables import case_studies, events, utcnow
+from service.events.writes import LostRace, writer_for
 
 log = structlog.get_logger("casestudies.store")
 
@@ -113,20 +117,17 @@ class AppendResult:
 # Runs inside the append's transaction, after the events and the state row are written.
 AppendHandler = Callable[[Connection, Sequence[StoredEvent], CaseStudy], None]
 
+_SELECT_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("id"))
 _EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
                   events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
                   events.c.occurred_at, events.c.correlation_id, events.c.causation_id)
-
-
-class _LostRace(Exception):
-    """Another writer changed the stream between our read and our write."""
 
 
 def _stored(row: Any) -> StoredEvent:
     return StoredEvent(*row)
 
 
-def state_row(record: CaseStudy, last_position: int) -> dict[str, Any]:
+def state_row(record: CaseStudy) -> dict[str, Any]:
     """The state table's columns for ``record``."""
     return {
         "status": record.state,
@@ -137,7 +138,6 @@ def state_row(record: CaseStudy, last_position: int) -> dict[str, Any]:
         "committed_at": record.committed_at,
         "entered_status_at": record.entered_status_at,
         "last_activity_at": record.last_activity_at,
-        "last_position": last_position,
         "state": record.to_dict(),
     }
 
@@ -150,89 +150,63 @@ class EventStore:
         self.engine = engine
         self.handlers = list(handlers)
         self.clock = clock
+        self._writer = writer_for(engine)
+        # Single-statement reads need no transaction; on PostgreSQL skipping BEGIN/ROLLBACK saves
+        # two round trips and keeps psycopg's prepared statements (a rollback clears them).
+        self._reader = engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- writing -------------------------------------------------------------------------
     def append(self, stream_id: str, new_events: Sequence[NewEvent], *, actor: str,
                expected_version: int | None = None) -> AppendResult:
-        """Decide and store ``new_events`` on ``stream_id`` all or none, in one transaction.
+        """Decide and store ``new_events`` on ``stream_id``, all or none.
 
         Raises StreamNotFound, StreamAlreadyExists, VersionConflict, IdempotencyConflict,
         or the domain's TransitionNotAllowed / GuardFailed; nothing is stored when it raises.
+        A request whose event ids are already stored with the same content is answered with
+        the original result (``created`` False) instead, whatever has happened since.
         """
         if not new_events:
             raise ValueError("append needs at least one event")
         digests = [event.digest(stream_id) for event in new_events]
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             try:
-                result = self._append_once(stream_id, new_events, digests, actor, expected_version)
-            except _LostRace:
+                # The first try reads without a lock; a writer that lost a race tries again
+                # holding the record's row lock, so writers of one busy stream queue up.
+                result = self._attempt(stream_id, new_events, digests, actor, expected_version,
+                                       locked=attempt > 0)
+            except LostRace:
+                # Another writer got in first, or this is a retry racing its own first attempt.
+                repeated = self._repeated(stream_id, new_events, digests)
+                if repeated is not None:
+                    return repeated
                 continue
-            if result.created:
-                for event in result.events:
-                    log.info("event_appended", stream_id=stream_id, version=event.version,
-                             type=event.type, position=event.position, event_id=event.event_id,
-                             actor=actor)
+            except (StoreError, DomainError):
+                # A retry of stored events is refused on today's state; answer it as the original.
+                repeated = self._repeated(stream_id, new_events, digests)
+                if repeated is not None:
+                    return repeated
+                raise
+            for event in result.events:
+                log.info("event_appended", stream_id=stream_id, version=event.version, type=event.type,
+                         position=event.position, event_id=event.event_id, actor=actor)
             return result
         current = self.record(stream_id)
         raise VersionConflict(stream_id, expected_version, current.version if current else 0)
 
-    def _append_once(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
-                     actor: str, expected_version: int | None) -> AppendResult:
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(writer=True)
-                with conn.begin():
-                    # Lock the record's row first (FOR UPDATE on PostgreSQL; SQLite's BEGIN
-                    # IMMEDIATE already holds the write lock), so a retry that waited behind
-                    # its own first attempt sees that attempt's events below.
-                    row = conn.execute(select(case_studies.c.state)
-                                       .where(case_studies.c.id == stream_id)
-                                       .with_for_update()).first()
-                    repeated = self._already_stored(conn, stream_id, new_events, digests)
-                    if repeated is not None:
-                        return repeated
-                    record = CaseStudy.from_dict(row.state) if row else CaseStudy(id=stream_id)
-                    return self._decide_and_write(conn, record, new_events, digests, actor,
-                                                  expected_version)
-        except IntegrityError:
-            raise _LostRace() from None
+    def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
+                 actor: str, expected_version: int | None, *, locked: bool) -> AppendResult:
+        """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
+        if not locked:
+            record = self.record(stream_id) or CaseStudy(id=stream_id)
+            return self._decide_and_write(None, record, new_events, digests, actor, expected_version)
+        with self._writer.transaction() as conn:
+            row = conn.execute(_SELECT_STATE.with_for_update(), {"id": stream_id}).first()
+            record = CaseStudy.from_dict(row.state) if row else CaseStudy(id=stream_id)
+            return self._decide_and_write(conn, record, new_events, digests, actor, expected_version)
 
-    def _already_stored(self, conn: Connection, stream_id: str, new_events: Sequence[NewEvent],
-                        digests: list[str]) -> AppendResult | None:
-        """The original result when every event id was stored before with the same content."""
-        ids = [event.event_id for event in new_events if event.event_id]
-        if not ids:
-            return None
-        found = {row.event_id: row for row in conn.execute(
-            select(events.c.event_id, events.c.stream_id, events.c.version, events.c.request_digest)
-            .where(events.c.event_id.in_(ids)))}
-        if not found:
-            return None
-        for event, digest in zip(new_events, digests):
-            row = found.get(event.event_id) if event.event_id else None
-            if row is None:
-                raise IdempotencyConflict(
-                    next(iter(found)), "some events of this request were stored before and some were not")
-            if row.stream_id != stream_id or row.request_digest != digest:
-                raise IdempotencyConflict(
-                    event.event_id,
-                    f"event id {event.event_id} was already used for a different event "
-                    f"(stream {row.stream_id}, version {row.version})")
-        versions = sorted(found[event.event_id].version for event in new_events)
-        stream = self._load(conn, stream_id, to_version=versions[-1])
-        record = replay(stream_id, stream)
-        wanted = set(versions)
-        stored = tuple(event for event in stream if event.version in wanted)
-        return AppendResult(stream_id, record, stored, created=False)
-
-    def _decide_and_write(self, conn: Connection, record: CaseStudy, new_events: Sequence[NewEvent],
-                          digests: list[str], actor: str,
-                          expected_version: int | None) -> AppendResult:
-        """Let the domain decide each event on ``record``, then write events and state row.
-
-        unique(stream_id, version), the state table's primary key and the conditional update
-        settle any race the row lock did not prevent (a new stream has no row to lock).
-        """
+    def _decide_and_write(self, conn: Connection | None, record: CaseStudy, new_events: Sequence[NewEvent],
+                          digests: list[str], actor: str, expected_version: int | None) -> AppendResult:
+        """Let the domain decide each event on ``record``; write them if ``record`` is still current."""
         stream_id = record.id
         version_before = record.version
         if new_events[0].type == "committed":
@@ -246,48 +220,61 @@ class EventStore:
         now = self.clock()
         rows = []
         for event, digest in zip(new_events, digests):
-            pending = PendingEvent(event.type, event.data, record.version + 1,
-                                   event.occurred_at or now, now)
+            pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)
             apply(record, pending)
-            rows.append({
-                "event_id": event.event_id or str(uuid.uuid4()),
-                "stream_id": stream_id,
-                "version": pending.version,
-                "type": event.type,
-                "data": event.data,
-                "actor": actor,
-                "recorded_at": now,
-                "occurred_at": pending.occurred_at,
-                "correlation_id": event.correlation_id,
-                "causation_id": event.causation_id,
-                "request_digest": digest,
-            })
-        positions = [conn.execute(insert(events).returning(events.c.position), row).scalar_one()
-                     for row in rows]
-        stored = tuple(
-            StoredEvent(position, r["event_id"], stream_id, r["version"], r["type"], r["data"], actor,
-                        r["recorded_at"], r["occurred_at"], r["correlation_id"], r["causation_id"])
-            for position, r in zip(positions, rows))
+            rows.append({"event_id": event.event_id or str(uuid.uuid4()), "version": pending.version,
+                         "type": event.type, "data": event.data, "occurred_at": pending.occurred_at,
+                         "correlation_id": event.correlation_id, "causation_id": event.causation_id,
+                         "request_digest": digest})
 
-        values = state_row(record, positions[-1])
-        if version_before == 0:
-            conn.execute(insert(case_studies).values(id=stream_id, **values))
-        else:
-            written = conn.execute(
-                update(case_studies)
-                .where(case_studies.c.id == stream_id, case_studies.c.version == version_before)
-                .values(**values))
-            if written.rowcount != 1:
-                raise _LostRace()
-        for handler in self.handlers:
-            handler(conn, stored, record)
-        return AppendResult(stream_id, record, stored, created=True)
+        def stored_events(positions: list[int]) -> tuple[StoredEvent, ...]:
+            return tuple(StoredEvent(position, r["event_id"], stream_id, r["version"], r["type"], r["data"],
+                                     actor, now, r["occurred_at"], r["correlation_id"], r["causation_id"])
+                         for position, r in zip(positions, rows))
+
+        after_write = None
+        if self.handlers:
+            def after_write(conn: Connection, positions: list[int]) -> None:
+                stored = stored_events(positions)
+                for handler in self.handlers:
+                    handler(conn, stored, record)
+
+        positions = self._writer.write(conn, stream_id, version_before, rows, state_row(record), actor, now,
+                                       after_write)
+        return AppendResult(stream_id, record, stored_events(positions), created=True)
+
+    def _repeated(self, stream_id: str, new_events: Sequence[NewEvent],
+                  digests: list[str]) -> AppendResult | None:
+        """The original result when every event id was stored before with the same content."""
+        ids = [event.event_id for event in new_events if event.event_id]
+        if not ids:
+            return None
+        with self._reader.connect() as conn:
+            found = {row.event_id: row for row in conn.execute(
+                select(events.c.event_id, events.c.stream_id, events.c.version, events.c.request_digest)
+                .where(events.c.event_id.in_(ids)))}
+        if not found:
+            return None
+        for event, digest in zip(new_events, digests):
+            row = found.get(event.event_id) if event.event_id else None
+            if row is None:
+                raise IdempotencyConflict(
+                    next(iter(found)), "some events of this request were stored before and some were not")
+            if row.stream_id != stream_id or row.request_digest != digest:
+                raise IdempotencyConflict(
+                    event.event_id,
+                    f"event id {event.event_id} was already used for a different event "
+                    f"(stream {row.stream_id}, version {row.version})")
+        versions = {found[event.event_id].version for event in new_events}
+        stream = self.load(stream_id, to_version=max(versions))
+        stored = tuple(event for event in stream if event.version in versions)
+        return AppendResult(stream_id, replay(stream_id, stream), stored, created=False)
 
     # -- reading -------------------------------------------------------------------------
     def load(self, stream_id: str, *, recorded_until: datetime | None = None, from_version: int = 1,
              to_version: int | None = None, limit: int | None = None) -> list[StoredEvent]:
         """The stream's events, oldest first, optionally cut at a recording time or version."""
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             return self._load(conn, stream_id, recorded_until=recorded_until,
                               from_version=from_version, to_version=to_version, limit=limit)
 
@@ -308,8 +295,8 @@ class EventStore:
 
     def record(self, stream_id: str) -> CaseStudy | None:
         """The record from the state table (read-your-writes after an append)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(case_studies.c.state).where(case_studies.c.id == stream_id)).first()
+        with self._reader.connect() as conn:
+            row = conn.execute(_SELECT_STATE, {"id": stream_id}).first()
         return CaseStudy.from_dict(row.state) if row else None
 
     def record_as_of(self, stream_id: str, as_of: datetime) -> CaseStudy | None:

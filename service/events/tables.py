@@ -80,7 +80,6 @@ case_studies = Table(
     Column("committed_at", UTCDateTime),
     Column("entered_status_at", UTCDateTime),
     Column("last_activity_at", UTCDateTime),
-    Column("last_position", BigInteger, nullable=False),
     Column("state", JsonDocument, nullable=False),
     Index("ix_case_studies_status", "status"),
     Index("ix_case_studies_csm", "csm"),
