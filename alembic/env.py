@@ -17,7 +17,10 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
     engine = make_engine(url)
     with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            conn.execution_options(isolation_level="READ COMMITTED")  # DDL in one transaction
         _run(conn)
+        conn.commit()
     engine.dispose()
 
 

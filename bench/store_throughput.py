@@ -181,8 +181,8 @@ def _raw_floor(dbname: str, seconds: float, warmup: float) -> dict:
     conn = psycopg.connect(f"{PG_URL}/{dbname}")
     state = {"id": "raw", "state": "not_started", "version": 1, "metrics": {"current": {}}}
     with conn.transaction():
-        conn.execute("insert into case_studies (id, status, version, last_position, state) "
-                     "values ('raw', 'not_started', 1, 0, %s)", (Jsonb(state),))
+        conn.execute("insert into case_studies (id, status, version, state) "
+                     "values ('raw', 'not_started', 1, %s)", (Jsonb(state),))
 
     def op(n: int) -> None:
         with conn.transaction():
@@ -198,8 +198,8 @@ def _raw_floor(dbname: str, seconds: float, warmup: float) -> dict:
                 "to_timestamp(%s), %s) returning position",
                 (str(uuid4()), "raw", version, "metrics_recorded", Jsonb(metrics(n)), "bench", now, now,
                  "0" * 64)).fetchone()[0]
-            conn.execute("update case_studies set version = %s, last_position = %s, state = %s "
-                         "where id = %s and version = %s", (version, position, Jsonb(doc), "raw", version - 1))
+            conn.execute("update case_studies set version = %s, state = %s "
+                         "where id = %s and version = %s", (version, Jsonb(doc), "raw", version - 1))
 
     _timed(op, min(warmup, 1.0))
     result = _timed(op, seconds)

@@ -29,6 +29,6 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         settings=settings,
         engine=engine,
         store=store,
-        keys=KeyStore(engine),
+        keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
         projections=Projections(engine, store, settings.stuck),
     )

@@ -26,6 +26,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database behind ``engine`` to ``revision``."""
     config = alembic_config()
     with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            conn.execution_options(isolation_level="READ COMMITTED")  # DDL in transactions
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
         conn.commit()

@@ -1,7 +1,9 @@
 """Engines for SQLite and PostgreSQL with the settings each needs for a correct event store."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -21,7 +23,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=False)
+    # Autocommit by default: most work is one statement (a read, or an append's single write),
+    # and BEGIN/COMMIT would add two round trips to each. Work that needs a transaction asks
+    # for one with transaction() below.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, isolation_level="AUTOCOMMIT")
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
@@ -47,6 +52,18 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
     return engine
+
+
+@contextmanager
+def transaction(engine: Engine, *, isolation: str = "READ COMMITTED") -> Iterator[Connection]:
+    """A real transaction on either database; on SQLite it holds the write lock from the start."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn.execution_options(writer=True)
+        else:
+            conn.execution_options(isolation_level=isolation)
+        with conn.begin():
+            yield conn
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +19,7 @@ from service.events.tables import api_keys, utcnow
 
 ROLES: tuple[str, ...] = ("writer", "reader", "auditor", "admin")
 KEY_PREFIX = "csk_"
+_CACHE_LIMIT = 10_000  # keys remembered per process; more is a misconfiguration, not a workload
 
 
 class KeyRequestError(Exception):
@@ -49,13 +52,19 @@ _FIND_KEY = (select(api_keys.c.name, api_keys.c.role)
 
 
 class KeyStore:
-    """Create, list, revoke and check API keys."""
+    """Create, list, revoke and check API keys.
 
-    def __init__(self, engine: Engine):
+    A key that checked out is remembered by this process for ``cache_seconds``, so most
+    requests need no lookup; a revoked key therefore stops working within that time in
+    every process (at once in the one that revoked it). Unknown keys are never remembered.
+    """
+
+    def __init__(self, engine: Engine, *, cache_seconds: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.engine = engine
-        # One-statement lookups need no transaction (and on PostgreSQL no BEGIN/ROLLBACK).
-        self._reader = engine if engine.dialect.name == "sqlite" else \
-            engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     def create(self, name: str, role: str) -> str:
         """Store a new key for ``name`` with ``role`` and return it; it cannot be shown again."""
@@ -81,6 +90,7 @@ class KeyStore:
                                 .values(revoked_at=utcnow()))
         if done.rowcount != 1:
             raise KeyRequestError(f"no active key named {name!r}")
+        self._cache.clear()
 
     def list(self) -> list[KeyInfo]:
         with self.engine.connect() as conn:
@@ -93,6 +103,19 @@ class KeyStore:
         """The principal for a presented key, or None when it is unknown or revoked."""
         if not key.startswith(KEY_PREFIX) or len(key) > 100:
             return None
-        with self._reader.connect() as conn:
-            row = conn.execute(_FIND_KEY, {"key_hash": hash_key(key)}).first()
-        return Principal(row.name, row.role) if row else None
+        digest = hash_key(key)
+        now = self.clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        with self.engine.connect() as conn:
+            row = conn.execute(_FIND_KEY, {"key_hash": digest}).first()
+        if row is None:
+            self._cache.pop(digest, None)
+            return None
+        principal = Principal(row.name, row.role)
+        if self.cache_seconds > 0:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[digest] = (principal, now + self.cache_seconds)
+        return principal

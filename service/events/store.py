@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, select
 
 from service.domain import CaseStudy, DomainError, Event, apply, replay
 from service.domain.model import PendingEvent
-from service.events.db import is_sqlite
+from service.events.db import transaction
 from service.events.errors import (
     IdempotencyConflict,
     StoreError,
@@ -151,9 +151,6 @@ class EventStore:
         self.handlers = list(handlers)
         self.clock = clock
         self._writer = writer_for(engine)
-        # Single-statement reads need no transaction; on PostgreSQL skipping BEGIN/ROLLBACK saves
-        # two round trips and keeps psycopg's prepared statements (a rollback clears them).
-        self._reader = engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- writing -------------------------------------------------------------------------
     def append(self, stream_id: str, new_events: Sequence[NewEvent], *, actor: str,
@@ -249,7 +246,7 @@ class EventStore:
         ids = [event.event_id for event in new_events if event.event_id]
         if not ids:
             return None
-        with self._reader.connect() as conn:
+        with self.engine.connect() as conn:
             found = {row.event_id: row for row in conn.execute(
                 select(events.c.event_id, events.c.stream_id, events.c.version, events.c.request_digest)
                 .where(events.c.event_id.in_(ids)))}
@@ -274,7 +271,7 @@ class EventStore:
     def load(self, stream_id: str, *, recorded_until: datetime | None = None, from_version: int = 1,
              to_version: int | None = None, limit: int | None = None) -> list[StoredEvent]:
         """The stream's events, oldest first, optionally cut at a recording time or version."""
-        with self._reader.connect() as conn:
+        with self.engine.connect() as conn:
             return self._load(conn, stream_id, recorded_until=recorded_until,
                               from_version=from_version, to_version=to_version, limit=limit)
 
@@ -295,7 +292,7 @@ class EventStore:
 
     def record(self, stream_id: str) -> CaseStudy | None:
         """The record from the state table (read-your-writes after an append)."""
-        with self._reader.connect() as conn:
+        with self.engine.connect() as conn:
             row = conn.execute(_SELECT_STATE, {"id": stream_id}).first()
         return CaseStudy.from_dict(row.state) if row else None
 
@@ -307,7 +304,8 @@ class EventStore:
     def replay_all(self, *, recorded_until: datetime | None = None,
                    batch: int = 2000) -> Iterator[CaseStudy]:
         """Every record rebuilt from the events alone, one stream at a time, in stream id order."""
-        with self.engine.connect() as conn:
+        # One snapshot for the whole walk (and a transaction for PostgreSQL's server-side cursor).
+        with transaction(self.engine, isolation="REPEATABLE READ") as conn:
             query = select(*_EVENT_COLUMNS).order_by(events.c.stream_id, events.c.version)
             if recorded_until is not None:
                 query = query.where(events.c.recorded_at <= recorded_until)

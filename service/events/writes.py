@@ -10,12 +10,12 @@ which costs nothing there since the database is in-process.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, TextClause, bindparam, insert, text, update
 from sqlalchemy.exc import IntegrityError
 
+from service.events.db import transaction
 from service.events.tables import case_studies, events
 
 # Runs inside the write's transaction with the positions the events were given.
@@ -35,15 +35,12 @@ class PostgresWriter:
     """One data-modifying statement per append; a transaction only when handlers must join it."""
 
     def __init__(self, engine: Engine):
-        self.engine = engine
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.engine = engine  # autocommit by default (see db.make_engine)
         self._statements: dict[tuple[int, bool], TextClause] = {}
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self):
         """A transaction for a locked read-decide-write."""
-        with self.engine.begin() as conn:
-            yield conn
+        return transaction(self.engine)
 
     def write(self, conn: Connection | None, stream_id: str, version_before: int,
               rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,
@@ -63,10 +60,10 @@ class PostgresWriter:
                 if after_write is not None:
                     after_write(conn, positions)
             elif after_write is None:
-                with self.autocommit.connect() as own:
+                with self.engine.connect() as own:
                     positions = self._positions(own.execute(statement, params).all())
             else:
-                with self.engine.begin() as own:
+                with transaction(self.engine) as own:
                     positions = self._positions(own.execute(statement, params).all())
                     after_write(own, positions)
         except IntegrityError:
@@ -131,13 +128,9 @@ class SqliteWriter:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self):
         """BEGIN IMMEDIATE: the write lock is held from the read on."""
-        with self.engine.connect() as conn:
-            conn.execution_options(writer=True)
-            with conn.begin():
-                yield conn
+        return transaction(self.engine)
 
     def write(self, conn: Connection | None, stream_id: str, version_before: int,
               rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,

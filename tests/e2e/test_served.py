@@ -53,7 +53,8 @@ def served(fresh_database, tmp_path):
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen([str(BIN / "casestudies"), "serve", "--port", str(port), "--workers", "2"],
-                                  env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+                                  env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json",
+                                       "KEY_CACHE_SECONDS": "1"},
                                   stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -109,8 +110,11 @@ def test_a_new_user_migrates_makes_keys_and_walks_a_record_to_publication(served
     listed = cli(url, "keys", "list").stdout
     assert "crm-automation\twriter" in listed and writer not in listed
     assert cli(url, "keys", "revoke", "crm-automation").returncode == 0
-    status, _, error = call(base, "GET", "/case-studies/acme-2026-q3", writer)
-    assert status == 401 and error["code"] == "unauthorized"
+    deadline = time.monotonic() + 3  # workers remember a good key for KEY_CACHE_SECONDS (1 s here)
+    while (answer := call(base, "GET", "/case-studies/acme-2026-q3", writer))[0] == 200:
+        assert time.monotonic() < deadline, "a revoked key kept working past the key cache window"
+        time.sleep(0.1)
+    assert answer[0] == 401 and answer[2]["code"] == "unauthorized"
 
     time.sleep(0.2)
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]

@@ -486,3 +486,31 @@ def test_stuck_as_of_a_past_moment_replays_what_was_known_then(client, keys, ser
                       headers=auth(keys["reader"])).get_json()
     assert [(i["id"], i["code"], i["status"]) for i in then["items"]] == [(stream, "not_started_too_long",
                                                                            "not_started")]
+
+
+def test_a_revoked_key_stops_working_once_the_key_cache_expires(database):
+    from service.events.keys import KeyStore
+
+    now = [1000.0]
+    elsewhere = KeyStore(database.engine, cache_seconds=5, clock=lambda: now[0])  # another process
+    revoker = KeyStore(database.engine)
+    name = unique_id("cached")
+    key = revoker.create(name, "reader")
+    assert elsewhere.authenticate(key).name == name
+    revoker.revoke(name)
+    now[0] += 4.9
+    assert elsewhere.authenticate(key) is not None  # still remembered, within the documented window
+    now[0] += 0.2
+    assert elsewhere.authenticate(key) is None
+    assert elsewhere.authenticate("csk_unknown") is None
+
+
+def test_revoking_through_the_same_process_takes_effect_at_once(database):
+    from service.events.keys import KeyStore
+
+    keys = KeyStore(database.engine, cache_seconds=60)
+    name = unique_id("cached")
+    key = keys.create(name, "reader")
+    assert keys.authenticate(key) is not None
+    keys.revoke(name)
+    assert keys.authenticate(key) is None
