@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 from service.api.problems import Problem
 from service.domain import GuardFailed, StreamCorrupt, TransitionNotAllowed
 from service.events.errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     StreamAlreadyExists,
     StreamNotFound,
@@ -54,8 +55,8 @@ def to_problem(error: Exception) -> Problem:
             log.error("stream_corrupt", detail=str(error))
             return Problem(500, "stream_corrupt", "a stored stream could not be replayed; "
                            "an operator has been told", request_id=_request_id())
-        case OperationalError():
-            log.error("database_unavailable", error=type(error.orig).__name__ if error.orig else None)
+        case OperationalError() | DatabaseUnavailable():
+            log.error("database_unavailable", error=str(error).splitlines()[0][:200] if str(error) else None)
             return Problem(503, "database_unavailable", "the database cannot be reached; try again")
         case HTTPException():
             code = _HTTP_CODES.get(error.code or 500, "bad_request")

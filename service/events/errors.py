@@ -34,3 +34,7 @@ class IdempotencyConflict(StoreError):
     def __init__(self, event_id: str, detail: str):
         super().__init__(detail)
         self.event_id = event_id
+
+
+class DatabaseUnavailable(StoreError):
+    """The database could not be reached or dropped the connection; nothing was written."""

@@ -25,6 +25,7 @@ from service.domain import CaseStudy, DomainError, Event, apply, replay
 from service.domain.model import PendingEvent
 from service.events.db import transaction
 from service.events.errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     StoreError,
     StreamAlreadyExists,
@@ -177,6 +178,8 @@ class EventStore:
                 if repeated is not None:
                     return repeated
                 continue
+            except DatabaseUnavailable:
+                raise
             except (StoreError, DomainError):
                 # A retry of stored events is refused on today's state; answer it as the original.
                 repeated = self._repeated(stream_id, new_events, digests)
@@ -194,7 +197,8 @@ class EventStore:
                  actor: str, expected_version: int | None, *, locked: bool) -> AppendResult:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
         if not locked:
-            record = self.record(stream_id) or CaseStudy(id=stream_id)
+            state = self._writer.read_state(stream_id)
+            record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
             return self._decide_and_write(None, record, new_events, digests, actor, expected_version)
         with self._writer.transaction() as conn:
             row = conn.execute(_SELECT_STATE.with_for_update(), {"id": stream_id}).first()

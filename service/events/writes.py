@@ -10,12 +10,15 @@ which costs nothing there since the database is in-process.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, TextClause, bindparam, insert, text, update
+import psycopg
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.events.db import transaction
+from service.events.errors import DatabaseUnavailable
 from service.events.tables import case_studies, events
 
 # Runs inside the write's transaction with the positions the events were given.
@@ -23,8 +26,6 @@ AfterWrite = Callable[[Connection, list[int]], None]
 
 STATE_COLUMNS = ("status", "version", "csm", "account_id", "account_name", "committed_at",
                  "entered_status_at", "last_activity_at", "state")
-EVENT_COLUMNS = ("event_id", "version", "type", "data", "occurred_at", "correlation_id", "causation_id",
-                 "request_digest")
 
 
 class LostRace(Exception):
@@ -32,84 +33,97 @@ class LostRace(Exception):
 
 
 class PostgresWriter:
-    """One data-modifying statement per append; a transaction only when handlers must join it."""
+    """One data-modifying statement per append; a transaction only when handlers must join it.
+
+    The read and the write of an append go straight to psycopg on a pooled connection: they
+    are the service's hottest statements, and SQLAlchemy's execution layer cost about as much
+    CPU as the database itself. Both statements are fixed, so psycopg prepares them once per
+    connection.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine  # autocommit by default (see db.make_engine)
-        self._statements: dict[tuple[int, bool], TextClause] = {}
 
     def transaction(self):
         """A transaction for a locked read-decide-write."""
         return transaction(self.engine)
 
+    def read_state(self, stream_id: str) -> dict[str, Any] | None:
+        """The record's state document, or None for a new stream."""
+        with _driver_connection(self.engine) as conn:
+            row = conn.execute(_PG_READ_STATE, (stream_id,)).fetchone()
+        return row[0] if row else None
+
     def write(self, conn: Connection | None, stream_id: str, version_before: int,
               rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,
               after_write: AfterWrite | None) -> list[int]:
-        params: dict[str, Any] = {"id": stream_id, "old_version": version_before, "actor": actor,
-                                  "recorded_at": recorded_at,
-                                  **{column: state[column] for column in STATE_COLUMNS}}
-        params["state"] = json.dumps(state["state"], separators=(",", ":"))
-        for i, row in enumerate(rows):
-            for column in EVENT_COLUMNS:
-                params[f"{column}_{i}"] = row[column]
-            params[f"data_{i}"] = json.dumps(row["data"], separators=(",", ":"))
-        statement = self._statement(len(rows), version_before == 0)
-        try:
-            if conn is not None:
-                positions = self._positions(conn.execute(statement, params).all())
-                if after_write is not None:
-                    after_write(conn, positions)
-            elif after_write is None:
-                with self.engine.connect() as own:
-                    positions = self._positions(own.execute(statement, params).all())
-            else:
-                with transaction(self.engine) as own:
-                    positions = self._positions(own.execute(statement, params).all())
-                    after_write(own, positions)
-        except IntegrityError:
-            raise LostRace() from None
+        params = {**state, "id": stream_id, "old_version": version_before, "actor": actor,
+                  "recorded_at": recorded_at, "state": _json(state["state"]),
+                  "events": _json([{**row, "occurred_at": row["occurred_at"].isoformat()} for row in rows])}
+        statement = _PG_CREATE if version_before == 0 else _PG_MOVE
+        if conn is not None:
+            positions = self._execute(conn.connection.driver_connection, statement, params)
+            if after_write is not None:
+                after_write(conn, positions)
+        elif after_write is None:
+            with _driver_connection(self.engine) as own:
+                positions = self._execute(own, statement, params)
+        else:
+            with transaction(self.engine) as own:
+                positions = self._execute(own.connection.driver_connection, statement, params)
+                after_write(own, positions)
         return positions
 
     @staticmethod
-    def _positions(returned) -> list[int]:
+    def _execute(driver_conn, statement: str, params: dict[str, Any]) -> list[int]:
+        try:
+            returned = driver_conn.execute(statement, params).fetchall()
+        except psycopg.IntegrityError:
+            raise LostRace() from None
         if not returned:
             raise LostRace()
         return [position for position, _version in sorted(returned, key=lambda row: row[1])]
 
-    def _statement(self, count: int, new_stream: bool) -> TextClause:
-        key = (count, new_stream)
-        if key not in self._statements:
-            self._statements[key] = text(_postgres_sql(count, new_stream))
-        return self._statements[key]
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _postgres_sql(count: int, new_stream: bool) -> str:
-    if new_stream:
-        claim = (
-            "INSERT INTO case_studies (id, status, version, csm, account_id, account_name, committed_at, "
-            "entered_status_at, last_activity_at, state) VALUES (:id, :status, :version, :csm, :account_id, "
-            ":account_name, :committed_at, :entered_status_at, :last_activity_at, CAST(:state AS jsonb)) "
-            "ON CONFLICT (id) DO NOTHING RETURNING id")
-    else:
-        claim = (
-            "UPDATE case_studies SET status = :status, version = :version, csm = :csm, "
-            "account_id = :account_id, account_name = :account_name, committed_at = :committed_at, "
-            "entered_status_at = :entered_status_at, last_activity_at = :last_activity_at, "
-            "state = CAST(:state AS jsonb) WHERE id = :id AND version = :old_version RETURNING id")
-    values = ", ".join(
-        f"(CAST(:event_id_{i} AS varchar), CAST(:version_{i} AS integer), CAST(:type_{i} AS varchar), "
-        f"CAST(:data_{i} AS jsonb), CAST(:occurred_at_{i} AS timestamptz), "
-        f"CAST(:correlation_id_{i} AS varchar), CAST(:causation_id_{i} AS varchar), "
-        f"CAST(:request_digest_{i} AS varchar))"
-        for i in range(count))
-    return (
-        f"WITH claimed AS ({claim}) "
-        "INSERT INTO events (event_id, stream_id, version, type, data, actor, recorded_at, occurred_at, "
-        "correlation_id, causation_id, request_digest) "
-        "SELECT v.event_id, claimed.id, v.version, v.type, v.data, :actor, :recorded_at, v.occurred_at, "
-        "v.correlation_id, v.causation_id, v.request_digest "
-        f"FROM claimed CROSS JOIN (VALUES {values}) AS v({', '.join(EVENT_COLUMNS)}) "
-        "ORDER BY v.version RETURNING position, version")
+@contextmanager
+def _driver_connection(engine: Engine) -> Iterator[psycopg.Connection]:
+    """A pooled psycopg connection (autocommit); a broken one is discarded, not pooled again."""
+    pooled = engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    except psycopg.OperationalError as error:
+        pooled.invalidate()
+        raise DatabaseUnavailable(str(error).splitlines()[0] if str(error) else "connection lost") from None
+    finally:
+        pooled.close()
+
+
+_PG_READ_STATE = "SELECT state FROM case_studies WHERE id = %s"
+_PG_EVENTS = (
+    "INSERT INTO events (event_id, stream_id, version, type, data, actor, recorded_at, occurred_at, "
+    "correlation_id, causation_id, request_digest) "
+    "SELECT v.event_id, claimed.id, v.version, v.type, v.data, %(actor)s, %(recorded_at)s, v.occurred_at, "
+    "v.correlation_id, v.causation_id, v.request_digest "
+    "FROM claimed CROSS JOIN jsonb_to_recordset(%(events)s::jsonb) AS v(event_id varchar, version integer, "
+    "type varchar, data jsonb, occurred_at timestamptz, correlation_id varchar, causation_id varchar, "
+    "request_digest varchar) "
+    "ORDER BY v.version RETURNING position, version")
+_PG_STATE_VALUES = ("%(status)s, %(version)s, %(csm)s, %(account_id)s, %(account_name)s, %(committed_at)s, "
+                    "%(entered_status_at)s, %(last_activity_at)s, %(state)s::jsonb")
+# A new stream: the events go in only if this statement created the state row.
+_PG_CREATE = (
+    "WITH claimed AS (INSERT INTO case_studies (id, status, version, csm, account_id, account_name, "
+    f"committed_at, entered_status_at, last_activity_at, state) VALUES (%(id)s, {_PG_STATE_VALUES}) "
+    f"ON CONFLICT (id) DO NOTHING RETURNING id) {_PG_EVENTS}")
+# An existing stream: the events go in only if the row was still at the version decided on.
+_PG_MOVE = (
+    f"WITH claimed AS (UPDATE case_studies SET (status, version, csm, account_id, account_name, committed_at, "
+    f"entered_status_at, last_activity_at, state) = ({_PG_STATE_VALUES}) "
+    f"WHERE id = %(id)s AND version = %(old_version)s RETURNING id) {_PG_EVENTS}")
 
 
 # Bound parameters may not share a column's name in SQLAlchemy's insert()/update().
@@ -120,6 +134,7 @@ _SQLITE_CLAIM_MOVE = (update(case_studies)
                              case_studies.c.version == bindparam("p_old_version"))
                       .values(**{column: bindparam(f"p_{column}") for column in STATE_COLUMNS}))
 _SQLITE_INSERT_EVENT = insert(events).returning(events.c.position)
+_SQLITE_READ_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("p_id"))
 
 
 class SqliteWriter:
@@ -131,6 +146,12 @@ class SqliteWriter:
     def transaction(self):
         """BEGIN IMMEDIATE: the write lock is held from the read on."""
         return transaction(self.engine)
+
+    def read_state(self, stream_id: str) -> dict[str, Any] | None:
+        """The record's state document, or None for a new stream."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_SQLITE_READ_STATE, {"p_id": stream_id}).first()
+        return row.state if row else None
 
     def write(self, conn: Connection | None, stream_id: str, version_before: int,
               rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,
