@@ -24,7 +24,7 @@ class Services:
 def build(settings: Settings, engine: Engine | None = None) -> Services:
     """Wire the store, keys and projections onto one engine (made from settings unless given)."""
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    store = EventStore(engine)
+    store = EventStore(engine, cache_size=settings.state_cache_size)
     return Services(
         settings=settings,
         engine=engine,

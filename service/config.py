@@ -48,6 +48,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     db_pool_size: int = 5
     key_cache_seconds: float = 5.0
+    state_cache_size: int = 10_000
     candidate_kpi_pct: float = 20.0
     stuck: StuckThresholds = field(default_factory=StuckThresholds)
 
@@ -68,6 +69,7 @@ class Settings:
             log_level=log_level,
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1),
             key_cache_seconds=_float(env, "KEY_CACHE_SECONDS", 5.0),
+            state_cache_size=_int(env, "STATE_CACHE_SIZE", 10_000),
             candidate_kpi_pct=_float(env, "CANDIDATE_KPI_IMPROVEMENT_PCT", 20.0),
             stuck=StuckThresholds(
                 not_started_days=_int(env, "STUCK_NOT_STARTED_DAYS", defaults.not_started_days),

@@ -129,7 +129,8 @@ def _stored(row: Any) -> StoredEvent:
 
 
 def state_row(record: CaseStudy) -> dict[str, Any]:
-    """The state table's columns for ``record``."""
+    """The state table's columns for ``record`` (and its state document as JSON text)."""
+    document = record.to_dict()
     return {
         "status": record.state,
         "version": record.version,
@@ -139,7 +140,8 @@ def state_row(record: CaseStudy) -> dict[str, Any]:
         "committed_at": record.committed_at,
         "entered_status_at": record.entered_status_at,
         "last_activity_at": record.last_activity_at,
-        "state": record.to_dict(),
+        "state": document,
+        "state_json": json.dumps(document, separators=(",", ":"), ensure_ascii=False),
     }
 
 
@@ -147,11 +149,16 @@ class EventStore:
     """Append to and read from the events table; keeps the state table in step."""
 
     def __init__(self, engine: Engine, *, handlers: Sequence[AppendHandler] = (),
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, cache_size: int = 10_000):
         self.engine = engine
         self.handlers = list(handlers)
         self.clock = clock
         self._writer = writer_for(engine)
+        self.cache_size = cache_size
+        # State documents (as JSON text) this process wrote last, by stream id: an append to a
+        # stream this process wrote before skips the read. A stale entry is harmless: the
+        # conditional write refuses it, and a refusal decided on it is decided again on a fresh read.
+        self._states: dict[str, str] = {}
 
     # -- writing -------------------------------------------------------------------------
     def append(self, stream_id: str, new_events: Sequence[NewEvent], *, actor: str,
@@ -166,21 +173,33 @@ class EventStore:
         if not new_events:
             raise ValueError("append needs at least one event")
         digests = [event.digest(stream_id) for event in new_events]
-        for attempt in range(MAX_ATTEMPTS):
+        attempt, use_cache = 0, True
+        while attempt < MAX_ATTEMPTS:
+            cached = self._states.get(stream_id) if use_cache else None
             try:
-                # The first try reads without a lock; a writer that lost a race tries again
-                # holding the record's row lock, so writers of one busy stream queue up.
+                # The first try reads without a lock (or not at all, from the cache); a writer
+                # that lost a race tries again holding the record's row lock, so writers of one
+                # busy stream queue up.
                 result = self._attempt(stream_id, new_events, digests, actor, expected_version,
-                                       locked=attempt > 0)
+                                       cached=cached, locked=attempt > 0)
             except LostRace:
+                self._states.pop(stream_id, None)
+                use_cache = False
+                if cached is not None:
+                    continue  # only the cache was stale: read afresh, still without a lock
                 # Another writer got in first, or this is a retry racing its own first attempt.
                 repeated = self._repeated(stream_id, new_events, digests)
                 if repeated is not None:
                     return repeated
+                attempt += 1
                 continue
             except DatabaseUnavailable:
                 raise
             except (StoreError, DomainError):
+                if cached is not None:  # decided on a remembered state: decide again on a fresh one
+                    self._states.pop(stream_id, None)
+                    use_cache = False
+                    continue
                 # A retry of stored events is refused on today's state; answer it as the original.
                 repeated = self._repeated(stream_id, new_events, digests)
                 if repeated is not None:
@@ -194,10 +213,11 @@ class EventStore:
         raise VersionConflict(stream_id, expected_version, current.version if current else 0)
 
     def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
-                 actor: str, expected_version: int | None, *, locked: bool) -> AppendResult:
+                 actor: str, expected_version: int | None, *, cached: str | None,
+                 locked: bool) -> AppendResult:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
         if not locked:
-            state = self._writer.read_state(stream_id)
+            state = json.loads(cached) if cached is not None else self._writer.read_state(stream_id)
             record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
             return self._decide_and_write(None, record, new_events, digests, actor, expected_version)
         with self._writer.transaction() as conn:
@@ -240,8 +260,13 @@ class EventStore:
                 for handler in self.handlers:
                     handler(conn, stored, record)
 
-        positions = self._writer.write(conn, stream_id, version_before, rows, state_row(record), actor, now,
-                                       after_write)
+        state = state_row(record)
+        positions = self._writer.write(conn, stream_id, version_before, rows, state, actor, now, after_write)
+        if self.cache_size:
+            if len(self._states) >= self.cache_size:
+                self._states.pop(next(iter(self._states), None), None)
+            self._states.pop(stream_id, None)
+            self._states[stream_id] = state["state_json"]
         return AppendResult(stream_id, record, stored_events(positions), created=True)
 
     def _repeated(self, stream_id: str, new_events: Sequence[NewEvent],

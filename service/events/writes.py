@@ -58,7 +58,7 @@ class PostgresWriter:
               rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,
               after_write: AfterWrite | None) -> list[int]:
         params = {**state, "id": stream_id, "old_version": version_before, "actor": actor,
-                  "recorded_at": recorded_at, "state": _json(state["state"]),
+                  "recorded_at": recorded_at, "state": state["state_json"],
                   "events": _json([{**row, "occurred_at": row["occurred_at"].isoformat()} for row in rows])}
         statement = _PG_CREATE if version_before == 0 else _PG_MOVE
         if conn is not None:
@@ -160,7 +160,7 @@ class SqliteWriter:
             with self.transaction() as own:
                 return self.write(own, stream_id, version_before, rows, state, actor, recorded_at, after_write)
         claim = {"p_id": stream_id, "p_old_version": version_before,
-                 **{f"p_{column}": value for column, value in state.items()}}
+                 **{f"p_{column}": state[column] for column in STATE_COLUMNS}}
         try:
             if version_before == 0:
                 conn.execute(_SQLITE_CLAIM_NEW, claim)

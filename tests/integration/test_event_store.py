@@ -259,3 +259,21 @@ def test_as_of_replays_only_what_had_been_recorded_by_then(database):
     assert store.record_as_of(stream, datetime(2026, 10, 31, tzinfo=UTC)) is None
     assert store.record_as_of(stream, datetime(2026, 11, 2, 12, tzinfo=UTC)).state == "in_progress"
     assert store.record_as_of(stream, datetime(2026, 11, 3, tzinfo=UTC)).state == "on_hold"
+
+
+def test_a_store_that_remembers_a_stale_state_still_decides_on_the_current_one(database):
+    here, elsewhere = EventStore(database.engine), EventStore(database.engine)  # two processes
+    stream = unique_id()
+    here.append(stream, [NewEvent("committed", COMMITTED)], actor="t")           # `here` remembers v1
+    elsewhere.append(stream, [NewEvent("started", {})], actor="t")              # v2, unseen by `here`
+    # allowed only in in_progress: refused on the remembered state, accepted on the real one
+    result = here.append(stream, [NewEvent("approval_requested", {"approvers": ["legal"]})], actor="t")
+    assert result.version == 3 and result.record.state == "awaiting_customer_approval"
+    elsewhere.append(stream, [NewEvent("approval_granted", {"role": "legal", "approver": "Kim"})], actor="t")
+    # accepted on the remembered state too: the write finds the row moved and decides again
+    result = here.append(stream, [NewEvent("quote_added", VALID_DATA["quote_added"])], actor="t")
+    assert result.version == 5 and result.record.approvals == {"legal": "granted"}
+    with pytest.raises(VersionConflict):
+        elsewhere.append(stream, [NewEvent("published", VALID_DATA["published"])], actor="t", expected_version=4)
+    assert [e.version for e in here.load(stream)] == [1, 2, 3, 4, 5]
+    assert here.record(stream) == replay(stream, here.load(stream))
