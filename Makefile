@@ -18,7 +18,7 @@ $(BIN)/python:
 # The runtime dependencies, exactly as locked.
 $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . || $(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 # Runtime plus the test and benchmark dependencies, exactly as locked.

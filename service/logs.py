@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 
@@ -40,7 +41,9 @@ def stdlib_logging_config(log_format: str = "auto", level: str = "info") -> dict
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog for the process; ``auto`` means console on a terminal, JSON otherwise."""
     use_json = _uses_json(log_format)
-    renderer = _renderer(use_json)
+    # JSON lines are rendered by orjson straight to bytes: a log line per request and per
+    # event is on every append's path.
+    renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps) if use_json else _renderer(False)
     processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -54,6 +57,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=(structlog.BytesLoggerFactory(sys.stdout.buffer) if use_json
+                        else structlog.PrintLoggerFactory(sys.stdout)),
         cache_logger_on_first_use=False,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import orjson
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, select
 
@@ -141,7 +142,7 @@ def state_row(record: CaseStudy) -> dict[str, Any]:
         "entered_status_at": record.entered_status_at,
         "last_activity_at": record.last_activity_at,
         "state": document,
-        "state_json": json.dumps(document, separators=(",", ":"), ensure_ascii=False),
+        "state_json": orjson.dumps(document).decode(),
     }
 
 
@@ -217,7 +218,7 @@ class EventStore:
                  locked: bool) -> AppendResult:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
         if not locked:
-            state = json.loads(cached) if cached is not None else self._writer.read_state(stream_id)
+            state = orjson.loads(cached) if cached is not None else self._writer.read_state(stream_id)
             record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
             return self._decide_and_write(None, record, new_events, digests, actor, expected_version)
         with self._writer.transaction() as conn:

@@ -64,7 +64,6 @@ events = Table(
     Column("request_digest", String(64), nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
     UniqueConstraint("event_id", name="uq_events_event_id"),
-    Index("ix_events_recorded_at", "recorded_at"),
     sqlite_autoincrement=True,
 )
 
@@ -84,6 +83,7 @@ case_studies = Table(
     Index("ix_case_studies_status", "status"),
     Index("ix_case_studies_csm", "csm"),
     Index("ix_case_studies_account_id", "account_id"),
+    postgresql_with={"fillfactor": 70},
 )
 
 api_keys = Table(

@@ -9,10 +9,10 @@ which costs nothing there since the database is in-process.
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+import orjson
 import psycopg
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -86,7 +86,7 @@ class PostgresWriter:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(value).decode()
 
 
 @contextmanager
