@@ -73,6 +73,9 @@ def sa_url(dbname: str) -> str:
     return PG_URL.replace("postgresql://", "postgresql+psycopg://", 1) + f"/{dbname}"
 
 
+_DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - kept open (and referenced) for the process' lifetime
+
+
 def quiet_service_logging() -> None:
     """Configure the service's JSON logging (as in production) but write it to /dev/null.
 
@@ -82,7 +85,7 @@ def quiet_service_logging() -> None:
     from service.logs import configure_logging
 
     real = sys.stdout
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - kept open for the process' lifetime
+    sys.stdout = _DEVNULL
     try:
         configure_logging("json", "info")
     finally:

@@ -11,12 +11,13 @@ from service.logs import configure_logging
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the Flask app; nothing connects to the database until a request needs it."""
     from service.api import register
+    from service.api.jsonprovider import OrjsonProvider
 
     settings = settings or (services.settings if services else Settings.from_env())
     configure_logging(settings.log_format, settings.log_level)
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
     app.extensions["casestudies"] = services or build(settings)
     register(app)
     return app

@@ -89,8 +89,7 @@ def post_event(stream_id: str):
     stored = result.events[-1]
     response = {"id": stream_id, "version": stored.version, "position": stored.position,
                 "event_id": stored.event_id, "status": result.record.state}
-    headers = {"ETag": _etag(result.record.version),
-               "Location": url_for("case_studies.get_record", stream_id=stream_id)}
+    headers = {"ETag": _etag(result.record.version), "Location": f"{request.script_root}/case-studies/{stream_id}"}
     return response, (201 if result.created else 200), headers
 
 

@@ -5,6 +5,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+from psycopg.types.json import set_json_loads
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -26,7 +28,19 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     # Autocommit by default: most work is one statement (a read, or an append's single write),
     # and BEGIN/COMMIT would add two round trips to each. Work that needs a transaction asks
     # for one with transaction() below.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, isolation_level="AUTOCOMMIT",
+                           json_serializer=_orjson_text, json_deserializer=orjson.loads)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # The append path reads jsonb through psycopg directly: parse it with orjson too.
+        set_json_loads(orjson.loads, dbapi_connection)
+
+    return engine
+
+
+def _orjson_text(value) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

@@ -34,7 +34,7 @@ from service.events.errors import (
     VersionConflict,
 )
 from service.events.tables import case_studies, events, utcnow
-from service.events.writes import LostRace, writer_for
+from service.events.writes import LostRace, Session, writer_for
 
 log = structlog.get_logger("casestudies.store")
 
@@ -217,16 +217,13 @@ class EventStore:
                  actor: str, expected_version: int | None, *, cached: str | None,
                  locked: bool) -> AppendResult:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
-        if not locked:
-            state = orjson.loads(cached) if cached is not None else self._writer.read_state(stream_id)
+        session_of = self._writer.locked() if locked else self._writer.optimistic(bool(self.handlers))
+        with session_of as session:
+            state = orjson.loads(cached) if cached is not None else session.read_state(stream_id)
             record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
-            return self._decide_and_write(None, record, new_events, digests, actor, expected_version)
-        with self._writer.transaction() as conn:
-            row = conn.execute(_SELECT_STATE.with_for_update(), {"id": stream_id}).first()
-            record = CaseStudy.from_dict(row.state) if row else CaseStudy(id=stream_id)
-            return self._decide_and_write(conn, record, new_events, digests, actor, expected_version)
+            return self._decide_and_write(session, record, new_events, digests, actor, expected_version)
 
-    def _decide_and_write(self, conn: Connection | None, record: CaseStudy, new_events: Sequence[NewEvent],
+    def _decide_and_write(self, session: Session, record: CaseStudy, new_events: Sequence[NewEvent],
                           digests: list[str], actor: str, expected_version: int | None) -> AppendResult:
         """Let the domain decide each event on ``record``; write them if ``record`` is still current."""
         stream_id = record.id
@@ -262,7 +259,7 @@ class EventStore:
                     handler(conn, stored, record)
 
         state = state_row(record)
-        positions = self._writer.write(conn, stream_id, version_before, rows, state, actor, now, after_write)
+        positions = session.write(stream_id, version_before, rows, state, actor, now, after_write)
         if self.cache_size:
             if len(self._states) >= self.cache_size:
                 self._states.pop(next(iter(self._states), None), None)

@@ -1,16 +1,22 @@
-"""The last step of an append: write the decided events and the new state row, atomically,
-only if the record is still at the version the decision was made on.
+"""The database side of an append: read a record's state, then write the decided events and
+the new state row atomically, only if the record is still at the version decided on.
 
-PostgreSQL does it in one statement, so an append costs two round trips (read the state,
-write) with no explicit transaction: a data-modifying CTE moves the state row from the old
-version to the new one and inserts the events only if that row moved. SQLite has no
-data-modifying CTEs; it runs the same two writes in one ``BEGIN IMMEDIATE`` transaction,
-which costs nothing there since the database is in-process.
+PostgreSQL does the write in one statement, so an append costs at most two round trips
+(read, write) on one pooled connection with no explicit transaction: a data-modifying CTE
+moves the state row from the old version to the new one and inserts the events only if that
+row moved. These are the service's hottest statements, so they go straight to psycopg
+(SQLAlchemy's execution layer cost about as much CPU as the database); being fixed SQL,
+psycopg prepares them once per connection. SQLite has no data-modifying CTEs: it runs the
+same writes in one ``BEGIN IMMEDIATE`` transaction, which costs little in-process.
+
+A session is one attempt's connection: ``optimistic`` reads without a lock (in autocommit,
+unless handlers must share the write's transaction), ``locked`` holds the record's row lock
+from the read to the commit.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import orjson
 import psycopg
@@ -32,77 +38,16 @@ class LostRace(Exception):
     """The record moved (or was created) between the read and the write; nothing was written."""
 
 
-class PostgresWriter:
-    """One data-modifying statement per append; a transaction only when handlers must join it.
+class Session(Protocol):
+    def read_state(self, stream_id: str) -> dict[str, Any] | None: ...
 
-    The read and the write of an append go straight to psycopg on a pooled connection: they
-    are the service's hottest statements, and SQLAlchemy's execution layer cost about as much
-    CPU as the database itself. Both statements are fixed, so psycopg prepares them once per
-    connection.
-    """
-
-    def __init__(self, engine: Engine):
-        self.engine = engine  # autocommit by default (see db.make_engine)
-
-    def transaction(self):
-        """A transaction for a locked read-decide-write."""
-        return transaction(self.engine)
-
-    def read_state(self, stream_id: str) -> dict[str, Any] | None:
-        """The record's state document, or None for a new stream."""
-        with _driver_connection(self.engine) as conn:
-            row = conn.execute(_PG_READ_STATE, (stream_id,)).fetchone()
-        return row[0] if row else None
-
-    def write(self, conn: Connection | None, stream_id: str, version_before: int,
-              rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,
-              after_write: AfterWrite | None) -> list[int]:
-        params = {**state, "id": stream_id, "old_version": version_before, "actor": actor,
-                  "recorded_at": recorded_at, "state": state["state_json"],
-                  "events": _json([{**row, "occurred_at": row["occurred_at"].isoformat()} for row in rows])}
-        statement = _PG_CREATE if version_before == 0 else _PG_MOVE
-        if conn is not None:
-            positions = self._execute(conn.connection.driver_connection, statement, params)
-            if after_write is not None:
-                after_write(conn, positions)
-        elif after_write is None:
-            with _driver_connection(self.engine) as own:
-                positions = self._execute(own, statement, params)
-        else:
-            with transaction(self.engine) as own:
-                positions = self._execute(own.connection.driver_connection, statement, params)
-                after_write(own, positions)
-        return positions
-
-    @staticmethod
-    def _execute(driver_conn, statement: str, params: dict[str, Any]) -> list[int]:
-        try:
-            returned = driver_conn.execute(statement, params).fetchall()
-        except psycopg.IntegrityError:
-            raise LostRace() from None
-        if not returned:
-            raise LostRace()
-        return [position for position, _version in sorted(returned, key=lambda row: row[1])]
+    def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
+              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]: ...
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-@contextmanager
-def _driver_connection(engine: Engine) -> Iterator[psycopg.Connection]:
-    """A pooled psycopg connection (autocommit); a broken one is discarded, not pooled again."""
-    pooled = engine.raw_connection()
-    try:
-        yield pooled.driver_connection
-    except psycopg.OperationalError as error:
-        pooled.invalidate()
-        raise DatabaseUnavailable(str(error).splitlines()[0] if str(error) else "connection lost") from None
-    finally:
-        pooled.close()
-
-
+# -- PostgreSQL ------------------------------------------------------------------------------
 _PG_READ_STATE = "SELECT state FROM case_studies WHERE id = %s"
+_PG_LOCK_STATE = "SELECT state FROM case_studies WHERE id = %s FOR UPDATE"
 _PG_EVENTS = (
     "INSERT INTO events (event_id, stream_id, version, type, data, actor, recorded_at, occurred_at, "
     "correlation_id, causation_id, request_digest) "
@@ -126,6 +71,69 @@ _PG_MOVE = (
     f"WHERE id = %(id)s AND version = %(old_version)s RETURNING id) {_PG_EVENTS}")
 
 
+class _PostgresSession:
+    def __init__(self, driver: psycopg.Connection, sa_conn: Connection | None, locking: bool):
+        self.driver = driver
+        self.sa_conn = sa_conn  # set when the session is a transaction handlers may join
+        self.locking = locking
+
+    def read_state(self, stream_id: str) -> dict[str, Any] | None:
+        row = self.driver.execute(_PG_LOCK_STATE if self.locking else _PG_READ_STATE, (stream_id,)).fetchone()
+        return row[0] if row else None
+
+    def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
+              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]:
+        params = {**state, "id": stream_id, "old_version": version_before, "actor": actor,
+                  "recorded_at": recorded_at, "state": state["state_json"],
+                  "events": orjson.dumps([{**row, "occurred_at": row["occurred_at"].isoformat()}
+                                          for row in rows]).decode()}
+        try:
+            returned = self.driver.execute(_PG_CREATE if version_before == 0 else _PG_MOVE, params).fetchall()
+        except psycopg.IntegrityError:
+            raise LostRace() from None
+        if not returned:
+            raise LostRace()
+        positions = [position for position, _version in sorted(returned, key=lambda row: row[1])]
+        if after_write is not None:
+            after_write(self.sa_conn, positions)
+        return positions
+
+
+def _unavailable(error: Exception) -> DatabaseUnavailable:
+    return DatabaseUnavailable(str(error).splitlines()[0] if str(error) else "connection lost")
+
+
+class PostgresWriter:
+    def __init__(self, engine: Engine):
+        self.engine = engine  # autocommit by default (see db.make_engine)
+
+    @contextmanager
+    def optimistic(self, transactional: bool) -> Iterator[_PostgresSession]:
+        """No lock, and no transaction unless handlers need one."""
+        if transactional:
+            with transaction(self.engine) as conn:
+                yield _PostgresSession(conn.connection.driver_connection, conn, locking=False)
+            return
+        pooled = self.engine.raw_connection()
+        try:
+            yield _PostgresSession(pooled.driver_connection, None, locking=False)
+        except psycopg.OperationalError as error:
+            pooled.invalidate()  # a broken connection must not go back to the pool
+            raise _unavailable(error) from None
+        finally:
+            pooled.close()
+
+    @contextmanager
+    def locked(self) -> Iterator[_PostgresSession]:
+        """A transaction holding the record's row lock from the read to the commit."""
+        try:
+            with transaction(self.engine) as conn:
+                yield _PostgresSession(conn.connection.driver_connection, conn, locking=True)
+        except psycopg.OperationalError as error:
+            raise _unavailable(error) from None
+
+
+# -- SQLite ----------------------------------------------------------------------------------
 # Bound parameters may not share a column's name in SQLAlchemy's insert()/update().
 _SQLITE_CLAIM_NEW = insert(case_studies).values(
     id=bindparam("p_id"), **{column: bindparam(f"p_{column}") for column in STATE_COLUMNS})
@@ -137,43 +145,56 @@ _SQLITE_INSERT_EVENT = insert(events).returning(events.c.position)
 _SQLITE_READ_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("p_id"))
 
 
-class SqliteWriter:
-    """The same writes as two statements in one BEGIN IMMEDIATE transaction."""
-
-    def __init__(self, engine: Engine):
+class _SqliteSession:
+    def __init__(self, engine: Engine, conn: Connection | None):
         self.engine = engine
-
-    def transaction(self):
-        """BEGIN IMMEDIATE: the write lock is held from the read on."""
-        return transaction(self.engine)
+        self.conn = conn  # None: read outside a transaction, write in a transaction of its own
 
     def read_state(self, stream_id: str) -> dict[str, Any] | None:
-        """The record's state document, or None for a new stream."""
-        with self.engine.connect() as conn:
-            row = conn.execute(_SQLITE_READ_STATE, {"p_id": stream_id}).first()
+        if self.conn is None:
+            with self.engine.connect() as conn:
+                row = conn.execute(_SQLITE_READ_STATE, {"p_id": stream_id}).first()
+        else:
+            row = self.conn.execute(_SQLITE_READ_STATE, {"p_id": stream_id}).first()
         return row.state if row else None
 
-    def write(self, conn: Connection | None, stream_id: str, version_before: int,
-              rows: Sequence[dict[str, Any]], state: dict[str, Any], actor: str, recorded_at,
-              after_write: AfterWrite | None) -> list[int]:
-        if conn is None:
-            with self.transaction() as own:
-                return self.write(own, stream_id, version_before, rows, state, actor, recorded_at, after_write)
+    def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
+              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]:
+        if self.conn is None:
+            with transaction(self.engine) as conn:
+                return _SqliteSession(self.engine, conn).write(stream_id, version_before, rows, state, actor,
+                                                               recorded_at, after_write)
         claim = {"p_id": stream_id, "p_old_version": version_before,
                  **{f"p_{column}": state[column] for column in STATE_COLUMNS}}
         try:
             if version_before == 0:
-                conn.execute(_SQLITE_CLAIM_NEW, claim)
-            elif conn.execute(_SQLITE_CLAIM_MOVE, claim).rowcount != 1:
+                self.conn.execute(_SQLITE_CLAIM_NEW, claim)
+            elif self.conn.execute(_SQLITE_CLAIM_MOVE, claim).rowcount != 1:
                 raise LostRace()
-            positions = [conn.execute(_SQLITE_INSERT_EVENT, {
+            positions = [self.conn.execute(_SQLITE_INSERT_EVENT, {
                 **row, "stream_id": stream_id, "actor": actor, "recorded_at": recorded_at,
             }).scalar_one() for row in rows]
         except IntegrityError:
             raise LostRace() from None
         if after_write is not None:
-            after_write(conn, positions)
+            after_write(self.conn, positions)
         return positions
+
+
+class SqliteWriter:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @contextmanager
+    def optimistic(self, transactional: bool) -> Iterator[_SqliteSession]:
+        """Read outside a transaction; the write takes the write lock (BEGIN IMMEDIATE)."""
+        yield _SqliteSession(self.engine, None)
+
+    @contextmanager
+    def locked(self) -> Iterator[_SqliteSession]:
+        """BEGIN IMMEDIATE: the write lock is held from the read on."""
+        with transaction(self.engine) as conn:
+            yield _SqliteSession(self.engine, conn)
 
 
 def writer_for(engine: Engine) -> PostgresWriter | SqliteWriter:
