@@ -51,7 +51,10 @@ def upgrade() -> None:
         sa.Column("committed_at", TIMESTAMP),
         sa.Column("entered_status_at", TIMESTAMP),
         sa.Column("last_activity_at", TIMESTAMP),
-        sa.Column("state", JSON_DOCUMENT, nullable=False),
+        # The record's whole state, read and rewritten as one document on every append and never
+        # searched inside (the columns above are what lists filter on): json keeps the text as
+        # given, which PostgreSQL stores and returns without converting it.
+        sa.Column("state", sa.JSON(), nullable=False),
         # Every append rewrites its record's row: room on the page lets PostgreSQL update it in
         # place (a HOT update) without touching the indexes when status, CSM and account stay.
         postgresql_with={"fillfactor": 70},

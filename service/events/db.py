@@ -34,7 +34,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
         # The append path reads jsonb through psycopg directly: parse it with orjson too.
-        set_json_loads(orjson.loads, dbapi_connection)
+        set_json_loads(orjson.loads, dbapi_connection)  # json and jsonb
 
     return engine
 

@@ -79,7 +79,7 @@ case_studies = Table(
     Column("committed_at", UTCDateTime),
     Column("entered_status_at", UTCDateTime),
     Column("last_activity_at", UTCDateTime),
-    Column("state", JsonDocument, nullable=False),
+    Column("state", JSON(), nullable=False),  # read and written whole; see the migration
     Index("ix_case_studies_status", "status"),
     Index("ix_case_studies_csm", "csm"),
     Index("ix_case_studies_account_id", "account_id"),

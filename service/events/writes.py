@@ -58,7 +58,7 @@ _PG_EVENTS = (
     "request_digest varchar) "
     "ORDER BY v.version RETURNING position, version")
 _PG_STATE_VALUES = ("%(status)s, %(version)s, %(csm)s, %(account_id)s, %(account_name)s, %(committed_at)s, "
-                    "%(entered_status_at)s, %(last_activity_at)s, %(state)s::jsonb")
+                    "%(entered_status_at)s, %(last_activity_at)s, %(state)s::json")
 # A new stream: the events go in only if this statement created the state row.
 _PG_CREATE = (
     "WITH claimed AS (INSERT INTO case_studies (id, status, version, csm, account_id, account_name, "
