@@ -121,7 +121,7 @@ def summary(results: dict) -> str:
                      f"CPU {us['request total']['cpu_us']:.0f} / {us['bare app request total']['cpu_us']:.0f} us, "
                      f"wall {us['request total']['wall_us']:.0f} / {us['bare app request total']['wall_us']:.0f} us",
                      "", "", ""))
-        for key in ("authenticate", "append sql", "commit", "state_row", "append other", "rest of request"):
+        for key in ("authenticate", "read state", "write", "state_row", "append other", "rest of request"):
             rows.append((f"       {bd['labels'][key].strip()}",
                          f"CPU {us[key]['cpu_us']:.0f} us, wall {us[key]['wall_us']:.0f} us", "", "", ""))
 

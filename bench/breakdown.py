@@ -7,19 +7,21 @@ with both the wall clock and this process' CPU clock (``time.process_time``; the
 backend's CPU is not in it), to the steps below by wrapping them for the duration of the run
 (nothing in service/ is changed):
 
-  authenticate     KeyStore.authenticate: its own transaction (BEGIN, SELECT, ROLLBACK)
+  authenticate     KeyStore.authenticate (a good key is remembered for KEY_CACHE_SECONDS)
   append           EventStore.append, of which:
-    sql execute      Connection.execute of SELECT state, INSERT event, UPDATE state
-                     (SQLAlchemy statement building and compiling is *outside* this, in
-                     "append, other"; psycopg and the wait for the server are inside)
-    commit           the COMMIT round trip
+    read state       the SELECT of the record's state row (psycopg, prepared)
+    write            the one conditional statement that moves the state row and inserts the
+                     event (psycopg, prepared; autocommit, so it includes the commit)
     digest / from_dict / apply / state_row   the request digest, parsing the state row,
-                     the state machine, and serialising the record (dataclasses.asdict)
-    other            the rest: SQLAlchemy statement construction, pool checkout, log line, ...
+                     the state machine, and serialising the record
+    other            the rest: pool checkout, building parameters, log line, ...
   rest of request  Flask + werkzeug test client, pydantic validation, request log line, JSON
 
+The store's state cache is off here (STATE_CACHE_SIZE=0), so every append reads the state:
+that is what an append costs when another worker wrote the stream last.
+
 Then, for scale, the same with bench/bare_app.py (one INSERT) and one ``SELECT 1`` through
-SQLAlchemy on a pooled connection (BEGIN, SELECT, ROLLBACK: 3 round trips).
+SQLAlchemy on a pooled autocommit connection.
 
 Run alone: ``.venv/bin/python -m bench.breakdown``.
 """
@@ -90,7 +92,6 @@ def run() -> dict:
     quiet_service_logging()
     import psycopg
     from sqlalchemy import text
-    from sqlalchemy.engine import base as sa_base
 
     from service import create_app, migrations
     from service.config import Settings
@@ -99,6 +100,7 @@ def run() -> dict:
     from service.events.db import make_engine
     from service.events.keys import KeyStore
     from service.events.store import EventStore, NewEvent
+    from service.events.writes import _PostgresSession
 
     per_request: dict[str, dict] = {}
     with fresh_db("breakdown") as dbname:
@@ -110,7 +112,7 @@ def run() -> dict:
         for s in range(STREAMS):
             store.append(f"b-{s}", [NewEvent("committed", COMMITTED)], actor="bench")
 
-        app = create_app(Settings.from_env({"DATABASE_URL": url, "LOG_FORMAT": "json"}))
+        app = create_app(Settings.from_env({"DATABASE_URL": url, "LOG_FORMAT": "json", "STATE_CACHE_SIZE": "0"}))
         quiet_service_logging()  # create_app pointed logging at stdout again; send it to /dev/null
         client = app.test_client()
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -125,9 +127,8 @@ def run() -> dict:
         probe = _Probe()
         probe.wrap(KeyStore, "authenticate", "authenticate")
         probe.wrap(EventStore, "append", "append")
-        probe.wrap(sa_base.Connection, "execute",
-                   lambda p: "append sql" if p.inside["append"] else "other sql")
-        probe.wrap(sa_base.Connection, "_commit_impl", "commit")
+        probe.wrap(_PostgresSession, "read_state", "read state")
+        probe.wrap(_PostgresSession, "write", "write")
         probe.wrap(NewEvent, "digest", "digest")
         probe.wrap(CaseStudy, "from_dict", "from_dict", classmethod_=True)
         probe.wrap(store_module, "apply", "apply")
@@ -148,10 +149,10 @@ def run() -> dict:
                     "calls_per_request": probe.calls[name] / n}
 
         per_request["request total"] = {"wall_us": 1e6 * wall / n, "cpu_us": 1e6 * cpu / n}
-        for name in ("authenticate", "append", "append sql", "commit", "digest", "from_dict", "apply",
+        for name in ("authenticate", "append", "read state", "write", "digest", "from_dict", "apply",
                      "state_row"):
             per_request[name] = bucket(name)
-        inner = ("append sql", "commit", "digest", "from_dict", "apply", "state_row")
+        inner = ("read state", "write", "digest", "from_dict", "apply", "state_row")
         per_request["append other"] = {
             k: per_request["append"][k] - sum(per_request[name][k] for name in inner)
             for k in ("wall_us", "cpu_us")}
@@ -187,18 +188,18 @@ def run() -> dict:
 
     labels = {
         "request total": "our request, total",
-        "authenticate": "  authenticate (BEGIN, SELECT key, ROLLBACK)",
+        "authenticate": "  authenticate (key remembered after the first request)",
         "append": "  append",
-        "append sql": "    execute SELECT state, INSERT event, UPDATE state",
-        "commit": "    COMMIT",
+        "read state": "    read the state row (SELECT, psycopg)",
+        "write": "    write: one conditional statement (psycopg, autocommit)",
         "digest": "    NewEvent.digest",
         "from_dict": "    CaseStudy.from_dict (state row -> record)",
         "apply": "    apply (state machine + evolve)",
-        "state_row": "    state_row (record -> dict, dataclasses.asdict)",
-        "append other": "    other (SQLAlchemy statement building, pool, log line)",
+        "state_row": "    state_row (record -> columns + JSON)",
+        "append other": "    other (pool checkout, parameters, log line)",
         "rest of request": "  rest (Flask, test client, validation, request log)",
         "bare app request total": "bare app request, total (one INSERT)",
-        "SQLAlchemy SELECT 1": "SQLAlchemy SELECT 1 (BEGIN, SELECT, ROLLBACK)",
+        "SQLAlchemy SELECT 1": "SQLAlchemy SELECT 1 (pooled autocommit connection)",
     }
     for name, label in labels.items():
         r = per_request[name]

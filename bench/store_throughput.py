@@ -63,12 +63,13 @@ class Ours:
     def __init__(self, dbname: str, pool_size: int = 5):
         from service import migrations
         from service.events.db import make_engine
+        from service.config import Settings
         from service.events.store import EventStore, NewEvent
 
         self.NewEvent = NewEvent
         self.engine = make_engine(sa_url(dbname), pool_size=pool_size)
         migrations.upgrade(self.engine)
-        self.store = EventStore(self.engine)
+        self.store = EventStore(self.engine, cache_size=Settings.from_env().state_cache_size)
 
     def create(self, stream_id: str) -> None:
         self.store.append(stream_id, [self.NewEvent("committed", COMMITTED)], actor="bench")
@@ -243,11 +244,12 @@ def _process_writer(dbname: str, i: int, barrier, seconds: float, queue) -> None
     quiet_service_logging()
     ours = Ours.__new__(Ours)
     from service.events.db import make_engine
+    from service.config import Settings
     from service.events.store import EventStore, NewEvent
 
     ours.NewEvent = NewEvent
     ours.engine = make_engine(sa_url(dbname), pool_size=1)
-    ours.store = EventStore(ours.engine)
+    ours.store = EventStore(ours.engine, cache_size=Settings.from_env().state_cache_size)
     ours.append(f"w-{i}", -1)  # connect before the clock starts
     barrier.wait()
     end = time.perf_counter() + seconds

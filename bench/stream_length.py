@@ -63,11 +63,12 @@ def _grow(store, stream_id: str, kind: str, version: int) -> None:
 def measure(url: str, streams: int, window: int) -> dict:
     from service import migrations
     from service.events.db import make_engine
+    from service.config import Settings
     from service.events.store import EventStore
 
     engine = make_engine(url)
     migrations.upgrade(engine)
-    store = EventStore(engine)
+    store = EventStore(engine, cache_size=Settings.from_env().state_cache_size)
     out = {}
     for kind in ("metrics", "quotes"):
         t0 = time.perf_counter()
