@@ -1,7 +1,7 @@
 """The baseline for benchmark (a): a bare Flask endpoint doing one psycopg INSERT per request.
 
 Same route shape as the service's append endpoint and served the same way (gunicorn, sync
-workers, the same gunicorn options as ``service.wsgi.serve``), but nothing else: no auth, no
+workers, through ``service.wsgi.serve`` itself), but nothing else: no auth, no
 validation, no domain decision, no state row, no logging. Each worker keeps one autocommit
 psycopg connection, opened lazily after the fork.
 
@@ -15,7 +15,8 @@ import os
 
 import psycopg
 from flask import Flask, request
-from gunicorn.app.base import BaseApplication
+
+from service.wsgi import serve
 
 TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS bare_events (
@@ -44,19 +45,6 @@ def post_event(stream_id: str):
     return {"id": stream_id, "position": position}, 201
 
 
-class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict):
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        return app
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
@@ -65,16 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     with psycopg.connect(os.environ["BARE_DATABASE_URL"], autocommit=True) as conn:
         conn.execute(TABLE_SQL)
-    # The same options service.wsgi.serve gives gunicorn, so only the app differs.
-    _Gunicorn({
-        "bind": f"{args.host}:{args.port}",
-        "workers": args.workers,
-        "worker_class": "sync",
-        "accesslog": None,
-        "timeout": 30,
-        "graceful_timeout": 10,
-        "keepalive": 5,
-    }).run()
+    # Served by the service's own gunicorn set-up, so only the app differs.
+    serve(args.host, args.port, args.workers, load=lambda: app)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The production server: gunicorn running ``create_app()`` in each worker."""
 from __future__ import annotations
 
+from typing import Callable
+
 from gunicorn.app.base import BaseApplication
 
 from service.config import Settings
@@ -8,8 +10,9 @@ from service.logs import stdlib_logging_config
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict):
+    def __init__(self, options: dict, load: Callable):
         self.options = options
+        self._load = load
         super().__init__()
 
     def load_config(self) -> None:
@@ -17,13 +20,18 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from service import create_app
-
-        return create_app()
+        return self._load()
 
 
-def serve(host: str, port: int, workers: int, threads: int = 1) -> None:
-    """Run gunicorn in the foreground; each worker builds its own app and database pool."""
+def app():
+    """WSGI entry for other servers: ``gunicorn 'service.wsgi:app()'``."""
+    from service import create_app
+
+    return create_app()
+
+
+def serve(host: str, port: int, workers: int, threads: int = 1, load: Callable = app) -> None:
+    """Run gunicorn in the foreground; each worker calls ``load`` and so builds its own app and pool."""
     settings = Settings.from_env()
     _Gunicorn({
         "logconfig_dict": stdlib_logging_config(settings.log_format, settings.log_level),
@@ -35,11 +43,4 @@ def serve(host: str, port: int, workers: int, threads: int = 1) -> None:
         "timeout": 30,
         "graceful_timeout": 10,
         "keepalive": 5,
-    }).run()
-
-
-def app():
-    """WSGI entry for other servers: ``gunicorn 'service.wsgi:app()'``."""
-    from service import create_app
-
-    return create_app()
+    }, load).run()
