@@ -83,7 +83,8 @@ def post_event(stream_id: str):
         raise _invalid("occurred_at", "is in the future; occurred_at is when it happened")
     new = NewEvent(type=event.type, data=event.data.model_dump(mode="json", exclude_none=True),
                    event_id=_event_id(event.event_id), occurred_at=event.occurred_at,
-                   correlation_id=event.correlation_id, causation_id=event.causation_id)
+                   correlation_id=event.correlation_id, causation_id=event.causation_id,
+                   on_behalf_of=event.on_behalf_of)
     result = services().store.append(stream_id, [new], actor=g.principal.name,
                                      expected_version=_expected_version(event.expected_version))
     stored = result.events[-1]

@@ -175,6 +175,7 @@ class _Envelope(BaseModel):
     occurred_at: AwareDatetime | None = None
     correlation_id: Ident | None = None
     causation_id: Ident | None = None
+    on_behalf_of: Name | None = None  # the person a tool acts for; the actor stays the key's name
 
     @field_validator("occurred_at")
     @classmethod

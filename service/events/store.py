@@ -32,6 +32,7 @@ from service.events.errors import (
     StreamNotFound,
     VersionConflict,
 )
+from service.events.integrity import GENESIS, event_hash
 from service.events.tables import case_studies, events, utcnow
 from service.events.writes import LostRace, Session, writer_for
 
@@ -50,6 +51,7 @@ class NewEvent:
     occurred_at: datetime | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    on_behalf_of: str | None = None
 
     def digest(self, stream_id: str) -> str:
         """A fingerprint of what was asked, so a retry can be told from a different request."""
@@ -60,6 +62,7 @@ class NewEvent:
             "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
+            "on_behalf_of": self.on_behalf_of,
         }
         return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -79,6 +82,9 @@ class StoredEvent:
     occurred_at: datetime
     correlation_id: str | None
     causation_id: str | None
+    on_behalf_of: str | None
+    prev_hash: str
+    hash: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +99,9 @@ class StoredEvent:
             "occurred_at": self.occurred_at.isoformat(),
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
+            "on_behalf_of": self.on_behalf_of,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
         }
 
 
@@ -120,17 +129,19 @@ AppendHandler = Callable[[Connection, Sequence[StoredEvent], CaseStudy], None]
 _SELECT_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("id"))
 _EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
                   events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
-                  events.c.occurred_at, events.c.correlation_id, events.c.causation_id)
+                  events.c.occurred_at, events.c.correlation_id, events.c.causation_id,
+                  events.c.on_behalf_of, events.c.prev_hash, events.c.hash)
 
 
 def _stored(row: Any) -> StoredEvent:
     return StoredEvent(*row)
 
 
-def state_row(record: CaseStudy) -> dict[str, Any]:
+def state_row(record: CaseStudy, head_hash: str) -> dict[str, Any]:
     """The state table's columns for ``record`` (and its state document as JSON text)."""
     document = record.to_dict()
     return {
+        "head_hash": head_hash,
         "status": record.state,
         "version": record.version,
         "csm": record.csm,
@@ -157,7 +168,7 @@ class EventStore:
         # State documents (as JSON text) this process wrote last, by stream id: an append to a
         # stream this process wrote before skips the read. A stale entry is harmless: the
         # conditional write refuses it, and a refusal decided on it is decided again on a fresh read.
-        self._states: dict[str, str] = {}
+        self._states: dict[str, tuple[str, str]] = {}  # stream id -> (state JSON, head hash)
 
     # -- writing -------------------------------------------------------------------------
     def append(self, stream_id: str, new_events: Sequence[NewEvent], *, actor: str,
@@ -212,17 +223,22 @@ class EventStore:
         raise VersionConflict(stream_id, expected_version, current.version if current else 0)
 
     def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
-                 actor: str, expected_version: int | None, *, cached: str | None,
+                 actor: str, expected_version: int | None, *, cached: tuple[str, str] | None,
                  locked: bool) -> AppendResult:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
         session_of = self._writer.locked() if locked else self._writer.optimistic(bool(self.handlers))
         with session_of as session:
-            state = orjson.loads(cached) if cached is not None else session.read_state(stream_id)
+            if cached is not None:
+                state, head_hash = orjson.loads(cached[0]), cached[1]
+            else:
+                state, head_hash = session.read_state(stream_id)
             record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
-            return self._decide_and_write(session, record, new_events, digests, actor, expected_version)
+            return self._decide_and_write(session, record, head_hash or GENESIS, new_events, digests, actor,
+                                          expected_version)
 
-    def _decide_and_write(self, session: Session, record: CaseStudy, new_events: Sequence[NewEvent],
-                          digests: list[str], actor: str, expected_version: int | None) -> AppendResult:
+    def _decide_and_write(self, session: Session, record: CaseStudy, head_hash: str,
+                          new_events: Sequence[NewEvent], digests: list[str], actor: str,
+                          expected_version: int | None) -> AppendResult:
         """Let the domain decide each event on ``record``; write them if ``record`` is still current."""
         stream_id = record.id
         version_before = record.version
@@ -239,14 +255,21 @@ class EventStore:
         for event, digest in zip(new_events, digests):
             pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)
             apply(record, pending)
-            rows.append({"event_id": event.event_id or str(uuid.uuid4()), "version": pending.version,
-                         "type": event.type, "data": event.data, "occurred_at": pending.occurred_at,
-                         "correlation_id": event.correlation_id, "causation_id": event.causation_id,
-                         "request_digest": digest})
+            row = {"event_id": event.event_id or str(uuid.uuid4()), "version": pending.version,
+                   "type": event.type, "data": event.data, "occurred_at": pending.occurred_at,
+                   "correlation_id": event.correlation_id, "causation_id": event.causation_id,
+                   "on_behalf_of": event.on_behalf_of, "request_digest": digest, "prev_hash": head_hash}
+            row["hash"] = head_hash = event_hash(
+                stream_id=stream_id, version=row["version"], type=row["type"], data=row["data"], actor=actor,
+                on_behalf_of=row["on_behalf_of"], recorded_at=now, occurred_at=row["occurred_at"],
+                event_id=row["event_id"], correlation_id=row["correlation_id"],
+                causation_id=row["causation_id"], prev_hash=row["prev_hash"])
+            rows.append(row)
 
         def stored_events(positions: list[int]) -> tuple[StoredEvent, ...]:
             return tuple(StoredEvent(position, r["event_id"], stream_id, r["version"], r["type"], r["data"],
-                                     actor, now, r["occurred_at"], r["correlation_id"], r["causation_id"])
+                                     actor, now, r["occurred_at"], r["correlation_id"], r["causation_id"],
+                                     r["on_behalf_of"], r["prev_hash"], r["hash"])
                          for position, r in zip(positions, rows))
 
         after_write = None
@@ -256,13 +279,13 @@ class EventStore:
                 for handler in self.handlers:
                     handler(conn, stored, record)
 
-        state = state_row(record)
+        state = state_row(record, head_hash)
         positions = session.write(stream_id, version_before, rows, state, actor, now, after_write)
         if self.cache_size:
             if len(self._states) >= self.cache_size:
                 self._states.pop(next(iter(self._states), None), None)
             self._states.pop(stream_id, None)
-            self._states[stream_id] = state["state_json"]
+            self._states[stream_id] = (state["state_json"], head_hash)
         return AppendResult(stream_id, record, stored_events(positions), created=True)
 
     def _repeated(self, stream_id: str, new_events: Sequence[NewEvent],

@@ -62,6 +62,9 @@ events = Table(
     Column("correlation_id", String(128)),
     Column("causation_id", String(128)),
     Column("request_digest", String(64), nullable=False),
+    Column("on_behalf_of", String(200)),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
     UniqueConstraint("event_id", name="uq_events_event_id"),
     sqlite_autoincrement=True,
@@ -80,6 +83,7 @@ case_studies = Table(
     Column("entered_status_at", UTCDateTime),
     Column("last_activity_at", UTCDateTime),
     Column("state", JSON(), nullable=False),  # read and written whole; see the migration
+    Column("head_hash", String(64), nullable=False),
     Index("ix_case_studies_status", "status"),
     Index("ix_case_studies_csm", "csm"),
     Index("ix_case_studies_account_id", "account_id"),

@@ -31,7 +31,7 @@ from service.events.tables import case_studies, events
 AfterWrite = Callable[[Connection, list[int]], None]
 
 STATE_COLUMNS = ("status", "version", "csm", "account_id", "account_name", "committed_at",
-                 "entered_status_at", "last_activity_at", "state")
+                 "entered_status_at", "last_activity_at", "state", "head_hash")
 
 
 class LostRace(Exception):
@@ -39,35 +39,35 @@ class LostRace(Exception):
 
 
 class Session(Protocol):
-    def read_state(self, stream_id: str) -> dict[str, Any] | None: ...
+    def read_state(self, stream_id: str) -> tuple[dict[str, Any] | None, str | None]: ...
 
     def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
               state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]: ...
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
-_PG_READ_STATE = "SELECT state FROM case_studies WHERE id = %s"
-_PG_LOCK_STATE = "SELECT state FROM case_studies WHERE id = %s FOR UPDATE"
+_PG_READ_STATE = "SELECT state, head_hash FROM case_studies WHERE id = %s"
+_PG_LOCK_STATE = "SELECT state, head_hash FROM case_studies WHERE id = %s FOR UPDATE"
 _PG_EVENTS = (
     "INSERT INTO events (event_id, stream_id, version, type, data, actor, recorded_at, occurred_at, "
-    "correlation_id, causation_id, request_digest) "
+    "correlation_id, causation_id, on_behalf_of, request_digest, prev_hash, hash) "
     "SELECT v.event_id, claimed.id, v.version, v.type, v.data, %(actor)s, %(recorded_at)s, v.occurred_at, "
-    "v.correlation_id, v.causation_id, v.request_digest "
+    "v.correlation_id, v.causation_id, v.on_behalf_of, v.request_digest, v.prev_hash, v.hash "
     "FROM claimed CROSS JOIN jsonb_to_recordset(%(events)s::jsonb) AS v(event_id varchar, version integer, "
     "type varchar, data jsonb, occurred_at timestamptz, correlation_id varchar, causation_id varchar, "
-    "request_digest varchar) "
+    "on_behalf_of varchar, request_digest varchar, prev_hash varchar, hash varchar) "
     "ORDER BY v.version RETURNING position, version")
+_PG_STATE_COLUMNS = ("status, version, csm, account_id, account_name, committed_at, entered_status_at, "
+                     "last_activity_at, state, head_hash")
 _PG_STATE_VALUES = ("%(status)s, %(version)s, %(csm)s, %(account_id)s, %(account_name)s, %(committed_at)s, "
-                    "%(entered_status_at)s, %(last_activity_at)s, %(state)s::json")
+                    "%(entered_status_at)s, %(last_activity_at)s, %(state)s::json, %(head_hash)s")
 # A new stream: the events go in only if this statement created the state row.
 _PG_CREATE = (
-    "WITH claimed AS (INSERT INTO case_studies (id, status, version, csm, account_id, account_name, "
-    f"committed_at, entered_status_at, last_activity_at, state) VALUES (%(id)s, {_PG_STATE_VALUES}) "
+    f"WITH claimed AS (INSERT INTO case_studies (id, {_PG_STATE_COLUMNS}) VALUES (%(id)s, {_PG_STATE_VALUES}) "
     f"ON CONFLICT (id) DO NOTHING RETURNING id) {_PG_EVENTS}")
 # An existing stream: the events go in only if the row was still at the version decided on.
 _PG_MOVE = (
-    f"WITH claimed AS (UPDATE case_studies SET (status, version, csm, account_id, account_name, committed_at, "
-    f"entered_status_at, last_activity_at, state) = ({_PG_STATE_VALUES}) "
+    f"WITH claimed AS (UPDATE case_studies SET ({_PG_STATE_COLUMNS}) = ({_PG_STATE_VALUES}) "
     f"WHERE id = %(id)s AND version = %(old_version)s RETURNING id) {_PG_EVENTS}")
 
 
@@ -77,9 +77,9 @@ class _PostgresSession:
         self.sa_conn = sa_conn  # set when the session is a transaction handlers may join
         self.locking = locking
 
-    def read_state(self, stream_id: str) -> dict[str, Any] | None:
+    def read_state(self, stream_id: str) -> tuple[dict[str, Any] | None, str | None]:
         row = self.driver.execute(_PG_LOCK_STATE if self.locking else _PG_READ_STATE, (stream_id,)).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else (None, None)
 
     def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
               state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]:
@@ -142,7 +142,8 @@ _SQLITE_CLAIM_MOVE = (update(case_studies)
                              case_studies.c.version == bindparam("p_old_version"))
                       .values(**{column: bindparam(f"p_{column}") for column in STATE_COLUMNS}))
 _SQLITE_INSERT_EVENT = insert(events).returning(events.c.position)
-_SQLITE_READ_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("p_id"))
+_SQLITE_READ_STATE = (select(case_studies.c.state, case_studies.c.head_hash)
+                      .where(case_studies.c.id == bindparam("p_id")))
 
 
 class _SqliteSession:
@@ -150,13 +151,13 @@ class _SqliteSession:
         self.engine = engine
         self.conn = conn  # None: read outside a transaction, write in a transaction of its own
 
-    def read_state(self, stream_id: str) -> dict[str, Any] | None:
+    def read_state(self, stream_id: str) -> tuple[dict[str, Any] | None, str | None]:
         if self.conn is None:
             with self.engine.connect() as conn:
                 row = conn.execute(_SQLITE_READ_STATE, {"p_id": stream_id}).first()
         else:
             row = self.conn.execute(_SQLITE_READ_STATE, {"p_id": stream_id}).first()
-        return row.state if row else None
+        return (row.state, row.head_hash) if row else (None, None)
 
     def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
               state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]:

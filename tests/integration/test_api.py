@@ -69,7 +69,8 @@ def test_a_case_study_goes_from_commitment_to_publication(client, keys):
     assert len({e["actor"] for e in stream_events["events"]}) == 1
     first = stream_events["events"][0]
     assert set(first) == {"position", "event_id", "stream_id", "version", "type", "data", "actor",
-                          "recorded_at", "occurred_at", "correlation_id", "causation_id"}
+                          "recorded_at", "occurred_at", "correlation_id", "causation_id", "on_behalf_of",
+                          "prev_hash", "hash"}
 
 
 def test_the_actor_is_the_key_name_never_the_body(client, keys, services):
