@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from service.config import Settings
+from service.events.audit import Audit
 from service.events.db import make_engine
 from service.events.keys import KeyStore
 from service.events.projections import Projections
@@ -19,6 +20,7 @@ class Services:
     store: EventStore
     keys: KeyStore
     projections: Projections
+    audit: Audit
 
 
 def build(settings: Settings, engine: Engine | None = None) -> Services:
@@ -31,4 +33,5 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         store=store,
         keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
         projections=Projections(engine, store, settings.stuck),
+        audit=Audit(engine, store),
     )

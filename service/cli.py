@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
 
 import click
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -115,6 +116,145 @@ def keys_revoke(name: str) -> None:
     except KeyRequestError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"revoked {name!r}")
+
+
+@main.group()
+def audit() -> None:
+    """For auditors: export approval history, verify hash chains, keep digests."""
+
+
+def _services():
+    from service.bootstrap import build
+
+    with _database_errors():
+        return build(_settings())
+
+
+def _when(value: str | None, *, start: bool) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            parsed = datetime.combine(date.fromisoformat(value), time.min if start else time.max)
+        else:
+            parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 date or time") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@audit.command("export")
+@click.option("--from", "start", help="First day or time (business time), e.g. 2026-10-01.")
+@click.option("--to", "end", help="Last day, or the time before which to stop.")
+@click.option("--csm", help="Only records of this CSM.")
+@click.option("--role", type=click.Choice(["marketing", "legal", "executive_sponsor"]))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-",
+              help="File to write (default: standard output).")
+def audit_export(start, end, csm, role, fmt, output) -> None:
+    """Every approval request and answer in a period, across records, oldest first."""
+    import csv
+
+    import orjson
+
+    from service.api.audit import ROW_COLUMNS, csv_cells, row_json
+
+    services = _services()
+    filters = {"start": _when(start, start=True), "end": _when(end, start=False), "csm": csm}
+    with _database_errors():
+        total = services.audit.count_approval_rows(**filters)
+        writer = csv.writer(output, lineterminator="\r\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(ROW_COLUMNS)
+        written = 0
+        with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
+            for row in services.audit.iter_approval_rows(**filters, role=role):
+                item = row_json(row)
+                if writer:
+                    writer.writerow(["" if cell is None else cell for cell in csv_cells(item)])
+                else:
+                    output.write(orjson.dumps(item).decode() + "\n")
+                written += 1
+                bar.update(1)
+    click.echo(f"exported {written} rows", err=True)
+
+
+@audit.command("verify")
+@click.option("--id", "stream_id", help="Only this case study.")
+@click.option("--digest", "digest_file", type=click.File("rb"),
+              help="A digest written earlier by `casestudies audit digest`: check the store still leads to it.")
+def audit_verify(stream_id, digest_file) -> None:
+    """Recompute hash chains and report the first broken link of each stream (exit 1 if any)."""
+    import orjson
+
+    from service.events.audit import DigestError
+
+    services = _services()
+    with _database_errors():
+        if digest_file is not None:
+            try:
+                document = orjson.loads(digest_file.read())
+            except orjson.JSONDecodeError:
+                raise click.ClickException("the digest file is not JSON") from None
+            try:
+                with click.progressbar(length=document.get("event_count", 0) if isinstance(document, dict) else 0,
+                                       label="checking digest", file=sys.stderr) as bar:
+                    findings, checked = services.audit.check_digest(document, progress=bar.update)
+            except DigestError as error:
+                raise click.ClickException(str(error)) from None
+            for finding in findings:
+                click.echo(f"BROKEN {finding.stream_id}: {finding.problem} (version {finding.version}; "
+                           f"digest {finding.expected_hash}, found {finding.found_hash})")
+            click.echo(f"{checked - len(findings)} of {checked} streams match the digest of "
+                       f"{document['created_at']}")
+            sys.exit(1 if findings else 0)
+        if stream_id:
+            check = services.audit.verify(stream_id)
+            if check is None:
+                raise click.ClickException(f"no case study with id {stream_id!r}")
+            checks = [check]
+        else:
+            with click.progressbar(length=services.audit.event_count(), label="verifying",
+                                   file=sys.stderr) as bar:
+                checks = [check for check in services.audit.verify_all(progress=bar.update) if not check.intact] \
+                    or None
+    if stream_id:
+        _report(checks[0])
+        sys.exit(0 if checks[0].intact else 1)
+    if checks:
+        for check in checks:
+            _report(check)
+        sys.exit(1)
+    click.echo("intact: every stream's chain checks out")
+
+
+def _report(check) -> None:
+    if check.intact:
+        click.echo(f"intact {check.stream_id}: {check.events} events, head {check.head_hash}")
+    else:
+        click.echo(f"BROKEN {check.stream_id} at version {check.broken_version}: {check.problem} "
+                   f"(expected {check.expected_hash}, found {check.found_hash})")
+
+
+@audit.command("digest")
+@click.option("--output", "-o", type=click.File("wb"), default="-", help="File to write (default: standard output).")
+def audit_digest(output) -> None:
+    """Write the verified head hash of every stream, for an auditor to keep outside the system."""
+    import orjson
+
+    from service.events.audit import DigestError
+
+    services = _services()
+    with _database_errors():
+        try:
+            with click.progressbar(length=services.audit.event_count(), label="hashing",
+                                   file=sys.stderr) as bar:
+                document = services.audit.digest(progress=bar.update)
+        except DigestError as error:
+            raise click.ClickException(str(error)) from None
+    output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    click.echo(f"digest of {document['stream_count']} streams, {document['event_count']} events; "
+               f"sha256 {document['sha256']}", err=True)
 
 
 if __name__ == "__main__":

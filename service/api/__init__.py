@@ -13,10 +13,11 @@ def services() -> Services:
 
 def register(app: Flask) -> None:
     """Attach blueprints, error handlers and request logging to ``app``."""
-    from service.api import case_studies, errors, health, projections, requestlog
+    from service.api import audit, case_studies, errors, health, projections, requestlog
 
     requestlog.register(app)
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(case_studies.bp)
     app.register_blueprint(projections.bp)
+    app.register_blueprint(audit.bp)

@@ -17,14 +17,15 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]+(Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
 
 
-def as_of(name: str = "as_of") -> datetime | None:
-    """An ISO-8601 time; naive means UTC, and a bare date means the end of that day (UTC)."""
+def as_of(name: str = "as_of", *, date_is_start: bool = False) -> datetime | None:
+    """An ISO-8601 time; naive means UTC, and a bare date means the end of that day (UTC), or
+    its start with ``date_is_start``."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
     try:
         if _DATE.fullmatch(raw):
-            value = datetime.combine(date.fromisoformat(raw), time.max)
+            value = datetime.combine(date.fromisoformat(raw), time.min if date_is_start else time.max)
         elif _DATETIME.fullmatch(raw):
             value = datetime.fromisoformat(raw)
         else:

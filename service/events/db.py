@@ -69,11 +69,11 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
 
 @contextmanager
-def transaction(engine: Engine, *, isolation: str = "READ COMMITTED") -> Iterator[Connection]:
-    """A real transaction on either database; on SQLite it holds the write lock from the start."""
+def transaction(engine: Engine, *, isolation: str = "READ COMMITTED", write: bool = True) -> Iterator[Connection]:
+    """A real transaction on either database; on SQLite a writing one holds the write lock from the start."""
     with engine.connect() as conn:
         if is_sqlite(engine):
-            conn.execution_options(writer=True)
+            conn.execution_options(writer=write)
         else:
             conn.execution_options(isolation_level=isolation)
         with conn.begin():

@@ -127,13 +127,14 @@ class AppendResult:
 AppendHandler = Callable[[Connection, Sequence[StoredEvent], CaseStudy], None]
 
 _SELECT_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("id"))
-_EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
+EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
                   events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
                   events.c.occurred_at, events.c.correlation_id, events.c.causation_id,
                   events.c.on_behalf_of, events.c.prev_hash, events.c.hash)
 
 
-def _stored(row: Any) -> StoredEvent:
+def stored_event(row: Any) -> StoredEvent:
+    """A stored event from a row of EVENT_COLUMNS."""
     return StoredEvent(*row)
 
 
@@ -327,7 +328,7 @@ class EventStore:
     def _load(conn: Connection, stream_id: str, *, recorded_until: datetime | None = None,
               from_version: int = 1, to_version: int | None = None,
               limit: int | None = None) -> list[StoredEvent]:
-        query = (select(*_EVENT_COLUMNS)
+        query = (select(*EVENT_COLUMNS)
                  .where(events.c.stream_id == stream_id, events.c.version >= from_version)
                  .order_by(events.c.version))
         if recorded_until is not None:
@@ -336,7 +337,7 @@ class EventStore:
             query = query.where(events.c.version <= to_version)
         if limit is not None:
             query = query.limit(limit)
-        return [_stored(row) for row in conn.execute(query)]
+        return [stored_event(row) for row in conn.execute(query)]
 
     def record(self, stream_id: str) -> CaseStudy | None:
         """The record from the state table (read-your-writes after an append)."""
@@ -349,22 +350,30 @@ class EventStore:
         stream = self.load(stream_id, recorded_until=as_of)
         return replay(stream_id, stream) if stream else None
 
-    def replay_all(self, *, recorded_until: datetime | None = None,
-                   batch: int = 2000) -> Iterator[CaseStudy]:
+    def replay_all(self, *, recorded_until: datetime | None = None) -> Iterator[CaseStudy]:
         """Every record rebuilt from the events alone, one stream at a time, in stream id order."""
-        # One snapshot for the whole walk (and a transaction for PostgreSQL's server-side cursor).
-        with transaction(self.engine, isolation="REPEATABLE READ") as conn:
-            query = select(*_EVENT_COLUMNS).order_by(events.c.stream_id, events.c.version)
+        for stream_id, stream in self.streams(recorded_until=recorded_until):
+            yield replay(stream_id, stream)
+
+    def streams(self, *, recorded_until: datetime | None = None, stream_id: str | None = None,
+                batch: int = 2000) -> Iterator[tuple[str, list[StoredEvent]]]:
+        """Each stream's events, oldest first, one stream in memory at a time, in stream id order.
+
+        The walk reads one snapshot of the store (a read transaction), however long it takes.
+        """
+        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
+            query = select(*EVENT_COLUMNS).order_by(events.c.stream_id, events.c.version)
             if recorded_until is not None:
                 query = query.where(events.c.recorded_at <= recorded_until)
+            if stream_id is not None:
+                query = query.where(events.c.stream_id == stream_id)
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
-            current: CaseStudy | None = None
+            current: list[StoredEvent] = []
             for row in result:
-                event = _stored(row)
-                if current is None or current.id != event.stream_id:
-                    if current is not None:
-                        yield current
-                    current = CaseStudy(id=event.stream_id)
-                apply(current, event)
-            if current is not None:
-                yield current
+                event = stored_event(row)
+                if current and current[0].stream_id != event.stream_id:
+                    yield current[0].stream_id, current
+                    current = []
+                current.append(event)
+            if current:
+                yield current[0].stream_id, current

@@ -1,0 +1,140 @@
+"""For auditors: approval history per record and across records, and integrity checks."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, request, url_for
+
+from service.api import params, services
+from service.api.auth import AUDITORS, requires
+from service.api.case_studies import _stream_id
+from service.api.problems import Problem
+from service.domain import APPROVER_ROLES
+from service.domain.approvals import Round, Step
+from service.events.audit import ApprovalRow
+from service.events.tables import utcnow
+
+bp = Blueprint("audit", __name__)
+
+ROW_COLUMNS = ["id", "account_id", "account_name", "csm", "round", "event", "roles", "approver", "comment",
+               "actor", "on_behalf_of", "occurred_at", "recorded_at", "took_days", "version", "event_id"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _step(step: Step | None) -> dict | None:
+    if step is None:
+        return None
+    return {"version": step.version, "event_id": step.event_id, "actor": step.actor,
+            "on_behalf_of": step.on_behalf_of, "occurred_at": _iso(step.occurred_at),
+            "recorded_at": _iso(step.recorded_at)}
+
+
+def _days(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 86400, 2)
+
+
+def round_json(round_: Round, reference: datetime) -> dict:
+    """One approval round: the request, each answer and how long it took, how the round ended."""
+    waiting = _days((reference - round_.requested.occurred_at).total_seconds())
+    return {
+        "round": round_.number,
+        "approvers": round_.approvers,
+        "draft_url": round_.draft_url,
+        "requested": _step(round_.requested),
+        "decisions": [{"role": d.role, "decision": d.decision, "approver": d.approver, "comment": d.comment,
+                       **_step(d.step), "took_days": _days(d.took_seconds)} for d in round_.decisions],
+        "pending": [{"role": role, "waiting_days": waiting} for role in round_.pending()]
+        if round_.outcome in ("open", "held") else [],
+        "outcome": round_.outcome,
+        "ended": _step(round_.ended),
+        "holds": [{"reason": hold["reason"], "held": _step(hold["held"]), "resumed": _step(hold["resumed"])}
+                  for hold in round_.holds],
+    }
+
+
+@bp.get("/case-studies/<stream_id>/approvals")
+@requires(*AUDITORS)
+def approvals(stream_id: str):
+    """Every approval round of one record, as recorded by ``as_of`` (default now)."""
+    _stream_id(stream_id)
+    as_of = params.as_of()
+    rounds = services().audit.rounds(stream_id, as_of=as_of)
+    if rounds is None:
+        raise Problem(404, "not_found", f"no case study with id {stream_id!r}"
+                      + (f" had been recorded by {as_of.isoformat()}" if as_of else ""), id=stream_id)
+    reference = as_of or utcnow()
+    return {"id": stream_id, "as_of": _iso(as_of), "rounds": [round_json(r, reference) for r in rounds]}
+
+
+@bp.get("/case-studies/<stream_id>/verify")
+@requires(*AUDITORS)
+def verify(stream_id: str):
+    """Recompute the record's hash chain: "intact" with the head hash, or the first broken link."""
+    _stream_id(stream_id)
+    check = services().audit.verify(stream_id)
+    if check is None:
+        raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)
+    return check.to_dict()
+
+
+def row_json(row: ApprovalRow) -> dict:
+    event = row.event
+    requested = event.type == "approval_requested"
+    return {
+        "id": event.stream_id,
+        "account": row.account,
+        "csm": row.csm,
+        "round": row.round_number,
+        "event": {"approval_requested": "requested", "approval_granted": "granted"}.get(event.type, event.type),
+        "roles": list(event.data["approvers"]) if requested else [event.data["role"]],
+        "approver": event.data.get("approver"),
+        "comment": event.data.get("comment"),
+        "draft_url": event.data.get("draft_url"),
+        "actor": event.actor,
+        "on_behalf_of": event.on_behalf_of,
+        "occurred_at": _iso(event.occurred_at),
+        "recorded_at": _iso(event.recorded_at),
+        "took_days": _days(row.took_seconds),
+        "version": event.version,
+        "event_id": event.event_id,
+    }
+
+
+def csv_cells(item: dict) -> list:
+    account = item["account"] or {}
+    return [item["id"], account.get("id"), account.get("name"), item["csm"], item["round"], item["event"],
+            " ".join(item["roles"]), item["approver"], item["comment"], item["actor"], item["on_behalf_of"],
+            item["occurred_at"], item["recorded_at"], item["took_days"], item["version"], item["event_id"]]
+
+
+def period_filters() -> dict:
+    """from / to (business time, half-open), csm and role, as the audit endpoints take them."""
+    start, end = params.as_of("from", date_is_start=True), params.as_of("to")
+    if start is not None and end is not None and end <= start:
+        raise Problem(400, "invalid_parameter", "to must be later than from", parameter="to")
+    return {"start": start, "end": end, "csm": params.text("csm"), "role": params.choice("role", APPROVER_ROLES)}
+
+
+@bp.get("/audit/approvals")
+@requires(*AUDITORS)
+def approvals_across_records():
+    """Approval requests and answers in a period across records, oldest first, paginated; CSV too."""
+    as_csv = params.wants_csv()
+    filters = period_filters()
+    limit = params.bounded_int("limit", 100, 1, 1000)
+    rows, cursor = services().audit.approval_rows(**filters, limit=limit, cursor=params.text("cursor", 400))
+    items = [row_json(row) for row in rows]
+    next_url = None
+    if cursor:
+        given = {key: value for key, value in request.args.items()
+                 if key in ("from", "to", "csm", "role", "format")}
+        next_url = url_for("audit.approvals_across_records", **given, limit=limit, cursor=cursor)
+    if as_csv:
+        response = params.csv_response(ROW_COLUMNS, (csv_cells(item) for item in items), "approvals.csv")
+        if next_url:
+            response.headers["Link"] = f'<{next_url}>; rel="next"'
+        return response
+    return {"items": items, "next_cursor": cursor, "next": next_url}
