@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import structlog
-from flask import Flask, request
+from flask import Flask, g, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -82,5 +82,7 @@ def register(app: Flask) -> None:
         problem = to_problem(error)
         if request.method == "POST" and 400 <= problem.status < 500:
             # Refused writes are never stored; the log keeps who tried what and why it was refused.
-            log.info("write_refused", code=problem.code, status=problem.status, reason=problem.detail)
+            principal = g.get("principal")
+            log.info("write_refused", code=problem.code, status=problem.status, reason=problem.detail,
+                     key=principal.name if principal else None)
         return problem.response()
