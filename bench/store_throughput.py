@@ -182,8 +182,8 @@ def _raw_floor(dbname: str, seconds: float, warmup: float) -> dict:
     conn = psycopg.connect(f"{PG_URL}/{dbname}")
     state = {"id": "raw", "state": "not_started", "version": 1, "metrics": {"current": {}}}
     with conn.transaction():
-        conn.execute("insert into case_studies (id, status, version, state) "
-                     "values ('raw', 'not_started', 1, %s)", (Jsonb(state),))
+        conn.execute("insert into case_studies (id, status, version, state, head_hash) "
+                     "values ('raw', 'not_started', 1, %s, %s)", (Jsonb(state), "0" * 64))
 
     def op(n: int) -> None:
         with conn.transaction():
@@ -195,10 +195,10 @@ def _raw_floor(dbname: str, seconds: float, warmup: float) -> dict:
             now = time.time()
             position = conn.execute(
                 "insert into events (event_id, stream_id, version, type, data, actor, recorded_at, "
-                "occurred_at, request_digest) values (%s, %s, %s, %s, %s, %s, to_timestamp(%s), "
-                "to_timestamp(%s), %s) returning position",
+                "occurred_at, request_digest, prev_hash, hash) values (%s, %s, %s, %s, %s, %s, "
+                "to_timestamp(%s), to_timestamp(%s), %s, %s, %s) returning position",
                 (str(uuid4()), "raw", version, "metrics_recorded", Jsonb(metrics(n)), "bench", now, now,
-                 "0" * 64)).fetchone()[0]
+                 "0" * 64, "0" * 64, "0" * 64)).fetchone()[0]
             conn.execute("update case_studies set version = %s, state = %s "
                          "where id = %s and version = %s", (version, Jsonb(doc), "raw", version - 1))
 

@@ -212,20 +212,21 @@ def audit_verify(stream_id, digest_file) -> None:
             check = services.audit.verify(stream_id)
             if check is None:
                 raise click.ClickException(f"no case study with id {stream_id!r}")
-            checks = [check]
-        else:
-            with click.progressbar(length=services.audit.event_count(), label="verifying",
-                                   file=sys.stderr) as bar:
-                checks = [check for check in services.audit.verify_all(progress=bar.update) if not check.intact] \
-                    or None
-    if stream_id:
-        _report(checks[0])
-        sys.exit(0 if checks[0].intact else 1)
-    if checks:
-        for check in checks:
             _report(check)
+            sys.exit(0 if check.intact else 1)
+        streams = 0
+        broken = []
+        with click.progressbar(length=services.audit.event_count(), label="verifying", file=sys.stderr) as bar:
+            for check in services.audit.verify_all(progress=bar.update):
+                streams += 1
+                if not check.intact:
+                    broken.append(check)
+    for check in broken:
+        _report(check)
+    if broken:
+        click.echo(f"{len(broken)} of {streams} streams are broken")
         sys.exit(1)
-    click.echo("intact: every stream's chain checks out")
+    click.echo(f"intact: all {streams} streams' chains check out")
 
 
 def _report(check) -> None:
