@@ -37,4 +37,8 @@ class IdempotencyConflict(StoreError):
 
 
 class DatabaseUnavailable(StoreError):
-    """The database could not be reached or dropped the connection; nothing was written."""
+    """The database could not be reached or dropped the connection.
+
+    Usually nothing was written; if the connection dropped while a write was committing, it
+    may have been. A retry with the same event id is safe either way.
+    """

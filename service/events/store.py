@@ -12,6 +12,7 @@ seam for projections and outboxes that must not drift from the stream.
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -170,6 +171,7 @@ class EventStore:
         # stream this process wrote before skips the read. A stale entry is harmless: the
         # conditional write refuses it, and a refusal decided on it is decided again on a fresh read.
         self._states: dict[str, tuple[str, str]] = {}  # stream id -> (state JSON, head hash)
+        self._states_lock = threading.Lock()
 
     # -- writing -------------------------------------------------------------------------
     def append(self, stream_id: str, new_events: Sequence[NewEvent], *, actor: str,
@@ -191,10 +193,10 @@ class EventStore:
                 # The first try reads without a lock (or not at all, from the cache); a writer
                 # that lost a race tries again holding the record's row lock, so writers of one
                 # busy stream queue up.
-                result = self._attempt(stream_id, new_events, digests, actor, expected_version,
-                                       cached=cached, locked=attempt > 0)
+                result, remembered = self._attempt(stream_id, new_events, digests, actor, expected_version,
+                                                   cached=cached, locked=attempt > 0)
             except LostRace:
-                self._states.pop(stream_id, None)
+                self._forget(stream_id)
                 use_cache = False
                 if cached is not None:
                     continue  # only the cache was stale: read afresh, still without a lock
@@ -205,10 +207,11 @@ class EventStore:
                 attempt += 1
                 continue
             except DatabaseUnavailable:
+                self._forget(stream_id)  # the outcome is unknown: the next append reads afresh
                 raise
             except (StoreError, DomainError):
                 if cached is not None:  # decided on a remembered state: decide again on a fresh one
-                    self._states.pop(stream_id, None)
+                    self._forget(stream_id)
                     use_cache = False
                     continue
                 # A retry of stored events is refused on today's state; answer it as the original.
@@ -216,6 +219,12 @@ class EventStore:
                 if repeated is not None:
                     return repeated
                 raise
+            except BaseException:
+                self._forget(stream_id)
+                raise
+            # Remembered only now that the write is committed: a state whose transaction failed
+            # must never be decided on.
+            self._remember(stream_id, remembered)
             for event in result.events:
                 log.info("event_appended", stream_id=stream_id, version=event.version, type=event.type,
                          position=event.position, event_id=event.event_id, actor=actor)
@@ -225,8 +234,10 @@ class EventStore:
 
     def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
                  actor: str, expected_version: int | None, *, cached: tuple[str, str] | None,
-                 locked: bool) -> AppendResult:
-        """Read the state row, let the domain decide, write if the record has not moved meanwhile."""
+                 locked: bool) -> tuple[AppendResult, tuple[str, str]]:
+        """Read the state row, let the domain decide, write if the record has not moved meanwhile.
+
+        Returns the result and the state to remember once the write is committed."""
         session_of = self._writer.locked() if locked else self._writer.optimistic(bool(self.handlers))
         with session_of as session:
             if cached is not None:
@@ -239,7 +250,7 @@ class EventStore:
 
     def _decide_and_write(self, session: Session, record: CaseStudy, head_hash: str,
                           new_events: Sequence[NewEvent], digests: list[str], actor: str,
-                          expected_version: int | None) -> AppendResult:
+                          expected_version: int | None) -> tuple[AppendResult, tuple[str, str]]:
         """Let the domain decide each event on ``record``; write them if ``record`` is still current."""
         stream_id = record.id
         version_before = record.version
@@ -282,12 +293,21 @@ class EventStore:
 
         state = state_row(record, head_hash)
         positions = session.write(stream_id, version_before, rows, state, actor, now, after_write)
-        if self.cache_size:
-            if len(self._states) >= self.cache_size:
-                self._states.pop(next(iter(self._states), None), None)
+        return (AppendResult(stream_id, record, stored_events(positions), created=True),
+                (state["state_json"], head_hash))
+
+    def _remember(self, stream_id: str, entry: tuple[str, str]) -> None:
+        if not self.cache_size:
+            return
+        with self._states_lock:
             self._states.pop(stream_id, None)
-            self._states[stream_id] = (state["state_json"], head_hash)
-        return AppendResult(stream_id, record, stored_events(positions), created=True)
+            if len(self._states) >= self.cache_size:
+                del self._states[next(iter(self._states))]
+            self._states[stream_id] = entry
+
+    def _forget(self, stream_id: str) -> None:
+        with self._states_lock:
+            self._states.pop(stream_id, None)
 
     def _repeated(self, stream_id: str, new_events: Sequence[NewEvent],
                   digests: list[str]) -> AppendResult | None:

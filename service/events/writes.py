@@ -118,7 +118,10 @@ class PostgresWriter:
         try:
             yield _PostgresSession(pooled.driver_connection, None, locking=False)
         except psycopg.OperationalError as error:
-            pooled.invalidate()  # a broken connection must not go back to the pool
+            # A lost connection usually means the server restarted: drop this one and every
+            # pooled one, so that the next requests do not each find a dead connection.
+            pooled.invalidate()
+            self.engine.dispose()
             raise _unavailable(error) from None
         finally:
             pooled.close()

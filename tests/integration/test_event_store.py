@@ -277,3 +277,47 @@ def test_a_store_that_remembers_a_stale_state_still_decides_on_the_current_one(d
         elsewhere.append(stream, [NewEvent("published", VALID_DATA["published"])], actor="t", expected_version=4)
     assert [e.version for e in here.load(stream)] == [1, 2, 3, 4, 5]
     assert here.record(stream) == replay(stream, here.load(stream))
+
+
+def test_a_state_whose_commit_failed_is_never_decided_on(database, monkeypatch):
+    from contextlib import contextmanager
+
+    from service.events import writes
+    from service.events.errors import DatabaseUnavailable
+
+    real_transaction = writes.transaction
+
+    @contextmanager
+    def commit_fails(engine, **kwargs):
+        with real_transaction(engine, **kwargs) as conn:
+            yield conn
+            conn.get_transaction().rollback()  # the write ran; the commit never happens
+        raise DatabaseUnavailable("connection lost while committing")
+
+    store = EventStore(database.engine, handlers=[lambda conn, stored, record: None])  # writes in a transaction
+    stream = unique_id()
+    store.append(stream, [NewEvent("committed", COMMITTED)], actor="t")
+    store.append(stream, [NewEvent("started", {})], actor="t")
+    monkeypatch.setattr(writes, "transaction", commit_fails)
+    with pytest.raises(DatabaseUnavailable):
+        store.append(stream, [NewEvent("held", {"reason": "x"})], actor="t")
+    monkeypatch.setattr(writes, "transaction", real_transaction)
+    assert store.record(stream).state == "in_progress"
+    # another process takes version 3, so a write decided on the uncommitted on_hold v3 would match
+    EventStore(database.engine).append(stream, [NewEvent("quote_added", VALID_DATA["quote_added"])], actor="t")
+    with pytest.raises(TransitionNotAllowed):  # decided on the stored in_progress, not the phantom on_hold
+        store.append(stream, [NewEvent("resumed", {})], actor="t")
+    result = store.append(stream, [NewEvent("approval_requested", {"approvers": ["legal"]})], actor="t")
+    assert result.version == 4 and store.record(stream) == replay(stream, store.load(stream))
+
+
+def test_a_retry_of_an_event_the_state_machine_would_accept_again_is_still_answered_once(store):
+    stream, event_id = unique_id(), str(uuid.uuid4())
+    commit(store, stream)
+    quote = NewEvent("quote_added", VALID_DATA["quote_added"], event_id=event_id)
+    first = store.append(stream, [quote], actor="t")
+    again = store.append(stream, [quote], actor="t")
+    fresh = EventStore(store.engine).append(stream, [quote], actor="t")  # another process, no cache
+    assert first.created and not again.created and not fresh.created
+    assert again.position == fresh.position == first.position
+    assert count_events(store, stream) == 2
