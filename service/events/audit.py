@@ -8,12 +8,11 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
-import rfc8785
 from sqlalchemy import Engine, and_, bindparam, func, select, tuple_
 
 from service.domain.approvals import APPROVAL_EVENT_TYPES, Round, approval_rounds
 from service.events.integrity import FORMAT as CHAIN_FORMAT
-from service.events.integrity import ChainCheck, canonical_time, check_chain
+from service.events.integrity import ChainCheck, canonical_json, canonical_time, check_chain
 from service.events.projections import BadCursor
 from service.events.store import EVENT_COLUMNS, EventStore, StoredEvent, stored_event
 from service.events.tables import UTCDateTime, case_studies, events, utcnow
@@ -235,7 +234,7 @@ class Audit:
 
 
 def _sha256(body: dict[str, Any]) -> str:
-    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def _roles_of(event: StoredEvent) -> list[str]:

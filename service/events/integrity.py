@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Iterable, Mapping
 
+import orjson
 import rfc8785
 
 GENESIS = "0" * 64
+_EXACT = 2**53  # integers beyond this have no exact JSON number in RFC 8785
 FORMAT = "casestudies-chain/1"
 
 
@@ -42,7 +44,43 @@ def event_hash(*, stream_id: str, version: int, type: str, data: Mapping[str, An
         "occurred_at": canonical_time(occurred_at), "event_id": event_id,
         "correlation_id": correlation_id, "causation_id": causation_id, "prev_hash": prev_hash,
     }
-    return hashlib.sha256(rfc8785.dumps(content)).hexdigest()
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON of ``value`` (JSON types only), byte for byte.
+
+    orjson does the writing, which is many times faster than the reference implementation
+    and already escapes strings and writes most numbers as RFC 8785 asks; the rest is done
+    here: keys ordered by UTF-16 code units, integral numbers without a fraction, and numbers
+    below 1e-5 (which orjson writes with an exponent) written by the ``rfc8785`` package. A test
+    compares the two on random values.
+    """
+    return orjson.dumps(_canonical(value))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _canonical(value[key]) for key in sorted(value, key=_utf16)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if abs(value) >= _EXACT:
+            raise ValueError(f"{value} is beyond the integers JSON numbers hold exactly")
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return _canonical(int(value))
+        if abs(value) < 1e-5:
+            return orjson.Fragment(rfc8785.dumps(value))
+        return value
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _utf16(key: str) -> bytes:
+    return key.encode("utf-16-be")
 
 
 def hash_of(event: Any, prev_hash: str) -> str:

@@ -143,7 +143,7 @@ class SharedWithChampionData(_Data):
 
 
 class ViewsReportedData(_Data):
-    views: Annotated[int, Field(ge=0)]
+    views: Annotated[int, Field(ge=0, le=2**53 - 1)]  # every stored number has an exact JSON form
 
 
 DATA_SCHEMAS: dict[str, type[_Data]] = {

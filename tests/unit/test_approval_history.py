@@ -114,3 +114,37 @@ def test_the_hash_is_stable_whatever_the_order_of_keys_or_the_form_of_numbers():
             '"occurred_at":"2026-10-01T09:00:00.000000Z","on_behalf_of":null,"prev_hash":"' + GENESIS + '",'
             '"recorded_at":"2026-10-01T09:00:00.000000Z","stream_id":"s","type":"metrics_recorded","version":1}')
     assert event_hash(data={"x": 30, "y": 0.5}, **common) == hashlib.sha256(text.encode()).hexdigest()
+
+
+def _random_value(rng, depth=0):
+    kind = rng.choice(["str", "int", "float", "bool", "none", "dict", "list"] if depth < 3 else
+                      ["str", "int", "float", "bool", "none"])
+    alphabet = 'aZ09 _-\\"\n\tés\u2603\U0001F600\u2028\uffff\ue000\x01'
+    if kind == "str":
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+    if kind == "int":
+        return rng.randint(-(2**53) + 1, 2**53 - 1) if rng.random() < 0.3 else rng.randint(-1000, 1000)
+    if kind == "float":
+        value = rng.choice([1, -1]) * rng.random() * 10 ** rng.uniform(-12, 15)
+        return round(value, rng.randint(0, 8)) if rng.random() < 0.3 else value
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))): _random_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 5))}
+
+
+def test_the_canonical_form_is_byte_for_byte_the_rfc_8785_reference():
+    import random
+
+    import rfc8785
+
+    from service.events.integrity import canonical_json
+
+    rng = random.Random(8785)
+    for _ in range(20000):
+        value = _random_value(rng)
+        assert canonical_json(value) == rfc8785.dumps(value), value
