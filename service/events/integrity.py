@@ -31,20 +31,21 @@ FORMAT = "casestudies-chain/1"
 
 def canonical_time(value: datetime) -> str:
     """A UTC time as the chain writes it."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def event_hash(*, stream_id: str, version: int, type: str, data: Mapping[str, Any], actor: str,
                on_behalf_of: str | None, recorded_at: datetime, occurred_at: datetime, event_id: str,
                correlation_id: str | None, causation_id: str | None, prev_hash: str) -> str:
     """The SHA-256 (hex) of the event's canonical content, chained to ``prev_hash``."""
+    # Written in canonical key order already; only ``data`` needs putting in order.
     content = {
-        "stream_id": stream_id, "version": version, "type": type, "data": data, "actor": actor,
-        "on_behalf_of": on_behalf_of, "recorded_at": canonical_time(recorded_at),
-        "occurred_at": canonical_time(occurred_at), "event_id": event_id,
-        "correlation_id": correlation_id, "causation_id": causation_id, "prev_hash": prev_hash,
+        "actor": actor, "causation_id": causation_id, "correlation_id": correlation_id,
+        "data": _canonical(data), "event_id": event_id, "occurred_at": canonical_time(occurred_at),
+        "on_behalf_of": on_behalf_of, "prev_hash": prev_hash, "recorded_at": canonical_time(recorded_at),
+        "stream_id": stream_id, "type": type, "version": _canonical(version),
     }
-    return hashlib.sha256(canonical_json(content)).hexdigest()
+    return hashlib.sha256(orjson.dumps(content)).hexdigest()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -61,7 +62,10 @@ def canonical_json(value: Any) -> bytes:
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, dict):
-        return {key: _canonical(value[key]) for key in sorted(value, key=_utf16)}
+        keys = sorted(value)
+        if not all(key.isascii() for key in keys):  # ASCII sorts the same in UTF-16 and code points
+            keys.sort(key=_utf16)
+        return {key: _canonical(value[key]) for key in keys}
     if isinstance(value, (list, tuple)):
         return [_canonical(item) for item in value]
     if isinstance(value, bool) or value is None or isinstance(value, str):
