@@ -138,9 +138,9 @@ def _when(value: str | None, *, start: bool) -> datetime | None:
             parsed = datetime.combine(date.fromisoformat(value), time.min if start else time.max)
         else:
             parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 date or time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 date or time in range") from None
 
 
 @audit.command("export")
@@ -158,11 +158,14 @@ def audit_export(start, end, csm, role, fmt, output) -> None:
     import orjson
 
     from service.api.audit import ROW_COLUMNS, csv_cells, row_json
+    from service.api.params import csv_cell
 
     services = _services()
     filters = {"start": _when(start, start=True), "end": _when(end, start=False), "csm": csm}
+    if filters["start"] and filters["end"] and filters["end"] <= filters["start"]:
+        raise click.BadParameter("--to must be later than --from")
     with _database_errors():
-        total = services.audit.count_approval_rows(**filters)
+        total = services.audit.count_approval_rows(**filters)  # before the role filter: an upper bound
         writer = csv.writer(output, lineterminator="\r\n") if fmt == "csv" else None
         if writer:
             writer.writerow(ROW_COLUMNS)
@@ -171,11 +174,12 @@ def audit_export(start, end, csm, role, fmt, output) -> None:
             for row in services.audit.iter_approval_rows(**filters, role=role):
                 item = row_json(row)
                 if writer:
-                    writer.writerow(["" if cell is None else cell for cell in csv_cells(item)])
+                    writer.writerow([csv_cell(cell) for cell in csv_cells(item)])
                 else:
                     output.write(orjson.dumps(item).decode() + "\n")
                 written += 1
                 bar.update(1)
+            bar.update(total - written)  # with --role, fewer rows than counted
     click.echo(f"exported {written} rows", err=True)
 
 
@@ -197,7 +201,8 @@ def audit_verify(stream_id, digest_file) -> None:
             except orjson.JSONDecodeError:
                 raise click.ClickException("the digest file is not JSON") from None
             try:
-                with click.progressbar(length=document.get("event_count", 0) if isinstance(document, dict) else 0,
+                count = document.get("event_count") if isinstance(document, dict) else None
+                with click.progressbar(length=count if type(count) is int and count >= 0 else 0,
                                        label="checking digest", file=sys.stderr) as bar:
                     findings, checked = services.audit.check_digest(document, progress=bar.update)
             except DigestError as error:

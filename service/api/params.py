@@ -84,13 +84,13 @@ def wants_csv() -> bool:
     return best == "text/csv"
 
 
-def _cell(value) -> str:
+def csv_cell(value) -> str:
+    """A CSV cell; one a spreadsheet would run as a formula is kept as text."""
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
         value = json.dumps(value, sort_keys=True)
     value = str(value)
-    # A cell that a spreadsheet would run as a formula is kept as text.
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
@@ -99,7 +99,7 @@ def csv_response(header: Sequence[str], rows: Iterable[Sequence], filename: str)
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow([_cell(value) for value in row])
+        writer.writerow([csv_cell(value) for value in row])
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

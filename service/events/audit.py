@@ -4,8 +4,8 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Callable, Iterator
 
 import orjson
 from sqlalchemy import Engine, and_, bindparam, func, select, tuple_
@@ -14,6 +14,7 @@ from service.domain.approvals import APPROVAL_EVENT_TYPES, Round, approval_round
 from service.events.integrity import FORMAT as CHAIN_FORMAT
 from service.events.integrity import ChainCheck, canonical_json, canonical_time, check_chain
 from service.events.projections import BadCursor
+from service.events.schemas import is_valid_stream_id
 from service.events.store import EVENT_COLUMNS, EventStore, StoredEvent, stored_event
 from service.events.tables import UTCDateTime, case_studies, events, utcnow
 
@@ -154,33 +155,35 @@ class Audit:
 
     # -- chains --------------------------------------------------------------------------
     def verify(self, stream_id: str) -> ChainCheck | None:
-        """Recompute one stream's chain; also compare its head with the state table's."""
+        """Recompute one stream's chain and hold its head against the state table's."""
+        heads = self._state_heads(stream_id)
         stream = self.store.load(stream_id)
-        if not stream:
+        if not stream and stream_id not in heads:
             return None
-        check = check_chain(stream_id, stream)
-        if check.intact:
-            head = self._state_heads([stream_id]).get(stream_id)
-            if head is not None and head != check.head_hash:
-                return ChainCheck(stream_id, False, check.events, check.version, check.head_hash, check.version,
-                                  "the state table's head hash differs from the chain's", check.head_hash, head)
-        return check
+        return _against_state(check_chain(stream_id, stream), heads.get(stream_id))
 
     def verify_all(self, *, progress: Callable[[int], None] | None = None) -> Iterator[ChainCheck]:
-        """Recompute every stream's chain, one stream at a time (``progress`` gets events done)."""
+        """Recompute every stream's chain, one stream at a time (``progress`` gets events done), and
+        hold each head against the state table's; a record whose events are all gone is reported too."""
+        heads = self._state_heads()
         for stream_id, stream in self.store.streams():
-            yield check_chain(stream_id, stream)
+            yield _against_state(check_chain(stream_id, stream), heads.pop(stream_id, None))
             if progress:
                 progress(len(stream))
+        for stream_id, (version, head) in sorted(heads.items()):
+            yield _against_state(check_chain(stream_id, []), (version, head))
 
     def event_count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(events)).scalar_one()
 
-    def _state_heads(self, stream_ids: Iterable[str]) -> dict[str, str]:
+    def _state_heads(self, stream_id: str | None = None) -> dict[str, tuple[int, str]]:
+        """The state table's version and head hash, by record (all records, or one)."""
+        query = select(case_studies.c.id, case_studies.c.version, case_studies.c.head_hash)
+        if stream_id is not None:
+            query = query.where(case_studies.c.id == stream_id)
         with self.engine.connect() as conn:
-            return dict(conn.execute(select(case_studies.c.id, case_studies.c.head_hash)
-                                     .where(case_studies.c.id.in_(list(stream_ids)))).all())
+            return {row.id: (row.version, row.head_hash) for row in conn.execute(query)}
 
     # -- digests -------------------------------------------------------------------------
     def digest(self, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -209,8 +212,13 @@ class Audit:
         if not isinstance(document, dict) or document.get("format") != DIGEST_FORMAT:
             raise DigestError(f"not a {DIGEST_FORMAT} file")
         body = {key: value for key, value in document.items() if key != "sha256"}
-        if document.get("sha256") != _sha256(body):
+        try:
+            altered = document.get("sha256") != _sha256(body)
+        except (TypeError, ValueError):
+            altered = True
+        if altered:
             raise DigestError("the digest file was altered after it was written (its sha256 does not match)")
+        _check_shape(document)
         findings: list[DigestFinding] = []
         for head in document["streams"]:
             stream = self.store.load(head["id"], to_version=head["version"])
@@ -233,8 +241,38 @@ class Audit:
         return findings, len(document["streams"])
 
 
+def _against_state(check: ChainCheck, state: tuple[int, str] | None) -> ChainCheck:
+    """A chain that checks out must also end where the state table says the record is."""
+    if not check.intact or state is None:
+        return check
+    version, head = state
+    if version != check.version:
+        return ChainCheck(check.stream_id, False, check.events, check.version, check.head_hash, check.version + 1,
+                          f"events are missing: the record is at version {version}, the stream ends at "
+                          f"{check.version}", head, check.head_hash)
+    if head != check.head_hash:
+        return ChainCheck(check.stream_id, False, check.events, check.version, check.head_hash, check.version,
+                          "the state table's head hash differs from the chain's", check.head_hash, head)
+    return check
+
+
 def _sha256(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _check_shape(document: dict[str, Any]) -> None:
+    """Refuse a digest whose sha256 checks out but whose content is not what ``digest`` writes."""
+    streams = document.get("streams")
+    ok = (isinstance(streams, list) and isinstance(document.get("created_at"), str)
+          and type(document.get("event_count")) is int and all(_is_head(head) for head in streams))
+    if not ok:
+        raise DigestError(f"not a {DIGEST_FORMAT} file: its streams, versions or hashes are malformed")
+
+
+def _is_head(head: Any) -> bool:
+    return (isinstance(head, dict) and isinstance(head.get("id"), str) and is_valid_stream_id(head["id"])
+            and type(head.get("version")) is int and 1 <= head["version"] < 2**31
+            and isinstance(head.get("head_hash"), str) and len(head["head_hash"]) == 64)
 
 
 def _roles_of(event: StoredEvent) -> list[str]:
@@ -250,10 +288,13 @@ def _encode_cursor(occurred_at: datetime, position: int) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        occurred_at, position = datetime.fromisoformat(raw[0]), int(raw[1])
-    except (ValueError, TypeError, IndexError, KeyError, orjson.JSONDecodeError):
-        raise BadCursor("cursor is not one this service handed out") from None
-    if _encode_cursor(occurred_at, position) != cursor:
+        occurred_at, position = datetime.fromisoformat(raw[0]), raw[1]
+        valid = (occurred_at.tzinfo is not None and isinstance(position, int) and 0 <= position < 2**63
+                 and _encode_cursor(occurred_at, position) == cursor)
+        occurred_at = occurred_at.astimezone(UTC)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, orjson.JSONDecodeError):
+        valid = False
+    if not valid:
         raise BadCursor("cursor is not one this service handed out")
     return occurred_at, position
 

@@ -287,3 +287,79 @@ def test_migrating_an_existing_store_chains_the_events_already_there(fresh_datab
     with engine.connect() as conn:
         head = conn.execute(text("SELECT head_hash FROM case_studies WHERE id = 'old'")).scalar()
     assert head == stored[1].hash
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
+def test_verifying_everything_catches_removed_events_that_leave_each_chain_consistent(fresh_database, tmp_path):
+    store, stream = _populate(fresh_database)
+    with fresh_database.engine.connect() as conn:
+        if fresh_database.backend == "postgres":
+            conn.execute(text("DROP TRIGGER events_append_only ON events"))
+        else:
+            conn.execute(text("DROP TRIGGER events_no_delete"))
+        conn.execute(text("DELETE FROM events WHERE stream_id = :s AND version = 8"), {"s": stream})
+        conn.execute(text("DELETE FROM events WHERE stream_id = 'other-1'"))
+        conn.commit()
+    found = _run(fresh_database, "audit", "verify")
+    assert found.exit_code == 1
+    assert f"BROKEN {stream} at version 8: events are missing: the record is at version 8" in found.output
+    assert "BROKEN other-1 at version 1: events are missing" in found.output
+    assert "2 of 2 streams are broken" in found.output
+    refused = _run(fresh_database, "audit", "digest", "-o", str(tmp_path / "d.json"))
+    assert refused.exit_code != 0 and "no digest was written" in refused.output
+
+
+def _digest_with(tmp_path, change):
+    from service.events.audit import _sha256
+
+    document = {"format": "casestudies-digest/1", "chain_format": "casestudies-chain/1",
+                "created_at": "2026-11-23T00:00:00.000000Z", "stream_count": 1, "event_count": 1,
+                "streams": [{"id": "tamper-1", "version": 1, "head_hash": "0" * 64}]}
+    change(document)
+    document = {**document, "sha256": _sha256(document)}
+    path = tmp_path / "digest.json"
+    path.write_bytes(orjson.dumps(document))
+    return path
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.pop("streams"), lambda d: d.pop("created_at"), lambda d: d.update(streams=5),
+    lambda d: d.update(streams=[["tamper-1", 1]]), lambda d: d["streams"][0].pop("id"),
+    lambda d: d["streams"][0].update(version="2"), lambda d: d["streams"][0].update(version=2**40),
+    lambda d: d["streams"][0].update(id=5), lambda d: d.update(event_count="many"),
+])
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
+def test_a_malformed_digest_is_refused_with_a_reason_not_a_traceback(fresh_database, tmp_path, change):
+    _populate(fresh_database)
+    result = CliRunner().invoke(cli, ["audit", "verify", "--digest", str(_digest_with(tmp_path, change))],
+                                env={"DATABASE_URL": fresh_database.url})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "not a casestudies-digest/1 file" in result.output or "altered" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("raw", [["2026-10-03T09:00:00", 1], ["2026-10-03T09:00:00+00:00", 10**30],
+                                 ["0001-01-01T00:00:00+05:00", 1], ["2026-10-03T09:00:00+00:00", "1"]])
+def test_a_crafted_audit_cursor_is_400(client, keys, raw):
+    import base64
+    import json
+
+    cursor = base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
+    problem(client.get("/audit/approvals", query_string={"cursor": cursor}, headers=auth(keys["auditor"])),
+            400, "invalid_parameter")
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
+def test_the_export_keeps_formulas_as_text_and_refuses_bad_periods(fresh_database, tmp_path):
+    migrations.upgrade(fresh_database.engine)
+    store = EventStore(fresh_database.engine)
+    base = datetime(2026, 10, 1, tzinfo=UTC)
+    for i, (kind, data) in enumerate([("committed", {**COMMITTED, "csm": "=cmd|' /C calc'!A0"}), ("started", {}),
+                                      ("approval_requested", {"approvers": ["legal"]}),
+                                      ("changes_requested", {"role": "legal", "comment": '=HYPERLINK("x")'})]):
+        store.append("f-1", [NewEvent(kind, data, occurred_at=base + timedelta(days=i))], actor="crm")
+    out = _run(fresh_database, "audit", "export").output
+    assert "'=HYPERLINK" in out and "'=cmd" in out
+    for args in (["--from", "0001-01-01T00:00:00+01:00"], ["--from", "2026-10-05", "--to", "2026-10-01"]):
+        result = CliRunner().invoke(cli, ["audit", "export", *args], env={"DATABASE_URL": fresh_database.url})
+        assert result.exit_code == 2 and "Traceback" not in result.output
