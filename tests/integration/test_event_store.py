@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from service.domain import GuardFailed, TransitionNotAllowed, replay
 from service.events.errors import (
@@ -321,3 +322,36 @@ def test_a_retry_of_an_event_the_state_machine_would_accept_again_is_still_answe
     assert first.created and not again.created and not fresh.created
     assert again.position == fresh.position == first.position
     assert count_events(store, stream) == 2
+
+
+@pytest.mark.parametrize("fresh_database", ["postgres"], indirect=True)
+def test_after_the_server_drops_every_connection_at_most_one_append_fails_and_none_is_lost(fresh_database):
+    from sqlalchemy import create_engine, text
+
+    from service import migrations
+    from service.events.errors import DatabaseUnavailable
+
+    migrations.upgrade(fresh_database.engine)
+    store = EventStore(fresh_database.engine)
+    streams = [unique_id() for _ in range(5)]
+    for stream in streams:
+        commit(store, stream)
+    held = [fresh_database.engine.connect() for _ in range(5)]  # five connections in the pool
+    for conn in held:
+        conn.exec_driver_sql("SELECT 1")
+        conn.close()
+    name = fresh_database.engine.url.database
+    killer = create_engine(fresh_database.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with killer.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name})
+    killer.dispose()
+    failures = 0
+    for stream in streams:
+        try:
+            store.append(stream, [NewEvent("started", {})], actor="t")
+        except (DatabaseUnavailable, OperationalError):
+            failures += 1
+            store.append(stream, [NewEvent("started", {})], actor="t")  # the retry a client would make
+    assert failures <= 1
+    assert all(store.record(s).state == "in_progress" and len(store.load(s)) == 2 for s in streams)
