@@ -193,7 +193,7 @@ def _raw_floor(dbname: str, seconds: float, warmup: float) -> dict:
             doc["version"] = version
             doc["metrics"]["current"]["m"] = n
             now = time.time()
-            position = conn.execute(
+            conn.execute(
                 "insert into events (event_id, stream_id, version, type, data, actor, recorded_at, "
                 "occurred_at, request_digest, prev_hash, hash) values (%s, %s, %s, %s, %s, %s, "
                 "to_timestamp(%s), to_timestamp(%s), %s, %s, %s) returning position",

@@ -22,7 +22,7 @@ import orjson
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, select
 
-from service.domain import CaseStudy, DomainError, Event, apply, replay
+from service.domain import CaseStudy, DomainError, apply, replay
 from service.domain.model import PendingEvent
 from service.events.db import transaction
 from service.events.errors import (
