@@ -231,7 +231,7 @@ def audit_verify(stream_id, digest_file) -> None:
     if broken:
         click.echo(f"{len(broken)} of {streams} streams are broken")
         sys.exit(1)
-    click.echo(f"intact: all {streams} streams' chains check out")
+    click.echo(f"intact: every chain checks out ({streams} streams)")
 
 
 def _report(check) -> None:
