@@ -7,7 +7,7 @@ from flask import Blueprint, request, url_for
 
 from service.api import params, services
 from service.api.auth import AUDITORS, requires
-from service.api.case_studies import _stream_id
+from service.api.case_studies import checked_stream_id
 from service.api.problems import Problem
 from service.domain import APPROVER_ROLES
 from service.domain.approvals import Round, Step
@@ -59,7 +59,7 @@ def round_json(round_: Round, reference: datetime) -> dict:
 @requires(*AUDITORS)
 def approvals(stream_id: str):
     """Every approval round of one record, as recorded by ``as_of`` (default now)."""
-    _stream_id(stream_id)
+    checked_stream_id(stream_id)
     as_of = params.as_of()
     rounds = services().audit.rounds(stream_id, as_of=as_of)
     if rounds is None:
@@ -73,7 +73,7 @@ def approvals(stream_id: str):
 @requires(*AUDITORS)
 def verify(stream_id: str):
     """Recompute the record's hash chain: "intact" with the head hash, or the first broken link."""
-    _stream_id(stream_id)
+    checked_stream_id(stream_id)
     check = services().audit.verify(stream_id)
     if check is None:
         raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)

@@ -13,7 +13,6 @@ from service.api.problems import Problem
 WRITERS = ("writer", "admin")
 RECORD_READERS = ("writer", "reader", "auditor", "admin")
 PROJECTION_READERS = ("reader", "auditor", "admin")
-STREAM_READERS = ("auditor", "admin")
 AUDITORS = ("auditor", "admin")
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Blueprint, Response, g, request, url_for
 
 from service.api import params, services
-from service.api.auth import RECORD_READERS, STREAM_READERS, WRITERS, requires
+from service.api.auth import RECORD_READERS, AUDITORS, WRITERS, requires
 from service.api.problems import Problem
 from service.api.representation import record_json
 from service.domain import STATUS_LABELS
@@ -21,7 +21,8 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 EVENTS_PAGE = 1000
 
 
-def _stream_id(stream_id: str) -> str:
+def checked_stream_id(stream_id: str) -> str:
+    """``stream_id`` if it has the allowed form; otherwise a 422 naming the id."""
     if not is_valid_stream_id(stream_id):
         raise Problem(422, "invalid_event", "the id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
                       errors=[{"field": "id", "message": "must match [A-Za-z0-9._:-]{1,128}"}])
@@ -74,7 +75,7 @@ def _etag(version: int) -> str:
 @requires(*WRITERS)
 def post_event(stream_id: str):
     """Append one event to a case study's stream."""
-    _stream_id(stream_id)
+    checked_stream_id(stream_id)
     if not request.is_json:
         raise Problem(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
     event = parse_event_request(_body())
@@ -98,7 +99,7 @@ def post_event(stream_id: str):
 @requires(*RECORD_READERS)
 def get_record(stream_id: str):
     """The current state of one case study, or its state as known at ``as_of``."""
-    _stream_id(stream_id)
+    checked_stream_id(stream_id)
     as_of = params.as_of()
     store = services().store
     record = store.record_as_of(stream_id, as_of) if as_of else store.record(stream_id)
@@ -116,10 +117,10 @@ def get_record(stream_id: str):
 
 
 @bp.get("/case-studies/<stream_id>/events")
-@requires(*STREAM_READERS)
+@requires(*AUDITORS)
 def get_events(stream_id: str):
     """The stream, oldest first, every field of each event; paged by version."""
-    _stream_id(stream_id)
+    checked_stream_id(stream_id)
     from_version = params.bounded_int("from_version", 1, 1, 2**31 - 1)
     limit = params.bounded_int("limit", EVENTS_PAGE, 1, EVENTS_PAGE)
     store = services().store
