@@ -6,7 +6,7 @@ and no per-record ``Machine`` is ever built.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from transitions import Machine, MachineError
 
@@ -117,6 +117,14 @@ def apply(record: CaseStudy, event: Event) -> CaseStudy:
 def replay(stream_id: str, events: Iterable[Event]) -> CaseStudy:
     """The record that ``events`` (oldest first) produce; a pure function of its input."""
     record = CaseStudy(id=stream_id)
+    for _event, record in replay_steps(stream_id, events):
+        pass
+    return record
+
+
+def replay_steps(stream_id: str, events: Iterable[Event]) -> Iterator[tuple[Event, CaseStudy]]:
+    """Each event with the record as it stands just after it (one record, changed in place)."""
+    record = CaseStudy(id=stream_id)
     for event in events:
         try:
             apply(record, event)
@@ -124,4 +132,4 @@ def replay(stream_id: str, events: Iterable[Event]) -> CaseStudy:
             raise StreamCorrupt(
                 f"stream {stream_id}: stored event version {event.version} ({event.type}) "
                 f"is refused on replay: {refusal.reason}") from refusal
-    return record
+        yield event, record

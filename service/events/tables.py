@@ -6,17 +6,22 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Float,
     DateTime,
     Index,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
 
 
 class UTCDateTime(TypeDecorator):
@@ -45,6 +50,22 @@ Position = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER PRIMARY KEY
 # Ids sort and compare byte by byte on PostgreSQL, as they do on SQLite, whatever the server's locale.
 StreamId = String(128).with_variant(String(128, collation="C"), "postgresql")
 
+
+
+class Xid8(UserDefinedType):
+    """PostgreSQL's 64-bit transaction id; the feed reads it as text and compares it cast back."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw):
+        return "xid8"
+
+
+# The writing transaction of each event on PostgreSQL (0 on SQLite, whose writers take turns):
+# the global feed hands out only events whose transaction is older than every running one.
+TxId = Integer().with_variant(Xid8(), "postgresql")
+ischema_names.setdefault("xid8", Xid8)  # so that reflecting the table (schema checks) knows it
+
 metadata = MetaData()
 
 events = Table(
@@ -65,8 +86,10 @@ events = Table(
     Column("on_behalf_of", String(200)),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("tx", TxId, nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
     UniqueConstraint("event_id", name="uq_events_event_id"),
+    Index("ix_events_tx_position", "tx", "position"),
     sqlite_autoincrement=True,
 )
 
@@ -104,6 +127,113 @@ api_keys = Table(
     UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
 )
 
+# -- projections kept by projectors from the global feed (see service/events/projectors.py) -----
+# Every projection row carries the generation it belongs to: readers see only the generation
+# named in projection_checkpoints, so a rebuild writes the next one beside it and swaps it in
+# with one update.
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),  # the last event read (0: none)
+    Column("event_recorded_at", UTCDateTime),  # when that event was recorded
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("error_position", BigInteger),
+    Column("error_at", UTCDateTime),
+)
+
+
+def _generation() -> Column:
+    return Column("generation", Integer, primary_key=True)
+
+
+pipeline_records = Table(
+    "proj_pipeline_records",
+    metadata,
+    _generation(),
+    Column("id", StreamId, primary_key=True),
+    Column("status", String(40), nullable=False),
+    Column("csm", String(200)),
+    Index("ix_proj_pipeline_records_status_csm", "generation", "status", "csm"),
+)
+
+status_history = Table(
+    "proj_status_history",
+    metadata,
+    _generation(),
+    Column("id", StreamId, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("status", String(40), nullable=False),
+    Column("csm", String(200)),
+    Column("from_at", UTCDateTime, nullable=False),  # business time the record entered it
+    Column("to_at", UTCDateTime),  # business time it left (NULL: still there)
+    Index("ix_proj_status_history_from", "generation", "from_at"),
+)
+
+blockers = Table(
+    "proj_blockers",
+    metadata,
+    _generation(),
+    Column("id", StreamId, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("code", String(40), nullable=False),
+    Column("subject", String(60), nullable=False),
+    Column("status", String(40), nullable=False),
+    Column("csm", String(200)),
+    Column("account_name", String(200)),
+    Column("reason", Text, nullable=False),
+    Column("details", JsonDocument, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("until", UTCDateTime),  # NULL: still blocking
+    Index("ix_proj_blockers_open", "generation", "until", "code"),
+)
+
+cycle_stages = Table(
+    "proj_cycle_stages",
+    metadata,
+    _generation(),
+    Column("id", StreamId, primary_key=True),
+    Column("stage", String(40), primary_key=True),
+    Column("csm", String(200)),
+    Column("from_at", UTCDateTime, nullable=False),
+    Column("to_at", UTCDateTime, nullable=False),
+    Column("days", Float, nullable=False),
+    Index("ix_proj_cycle_stages_to", "generation", "to_at"),
+)
+
+approver_times = Table(
+    "proj_approver_times",
+    metadata,
+    _generation(),
+    Column("id", StreamId, primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("role", String(40), primary_key=True),
+    Column("csm", String(200)),
+    Column("decision", String(40), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
+    Column("days", Float, nullable=False),
+    Index("ix_proj_approver_times_decided", "generation", "decided_at"),
+)
+
+candidates = Table(
+    "proj_candidates",
+    metadata,
+    _generation(),
+    Column("id", StreamId, primary_key=True),
+    Column("status", String(40), nullable=False),
+    Column("csm", String(200)),
+    Column("account_name", String(200)),
+    Column("kpi_improvement_pct", Float),
+    Column("best_metric", String(200)),
+    Column("nps", Integer),
+    Column("msa_clear", Boolean, nullable=False),
+    Column("candidate", Boolean, nullable=False),
+    Column("candidate_since", UTCDateTime),  # business time it last became a candidate
+    Index("ix_proj_candidates_candidate", "generation", "candidate"),
+)
 
 
 def utcnow() -> datetime:
