@@ -8,8 +8,12 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.events.audit import Audit
 from service.events.db import make_engine
+from service.events.feed import Feed
 from service.events.keys import KeyStore
+from service.events.projecting import ProjectionRunner
+from service.events.projectors import projectors
 from service.events.projections import Projections
+from service.events.read_models import ReadModels
 from service.events.store import EventStore
 
 
@@ -21,12 +25,17 @@ class Services:
     keys: KeyStore
     projections: Projections
     audit: Audit
+    feed: Feed
+    runner: ProjectionRunner
+    read_models: ReadModels
 
 
 def build(settings: Settings, engine: Engine | None = None) -> Services:
     """Wire the store, keys and projections onto one engine (made from settings unless given)."""
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     store = EventStore(engine, cache_size=settings.state_cache_size)
+    feed = Feed(engine)
+    runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_pct))
     return Services(
         settings=settings,
         engine=engine,
@@ -34,4 +43,7 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
         projections=Projections(engine, store, settings.stuck),
         audit=Audit(engine, store),
+        feed=feed,
+        runner=runner,
+        read_models=ReadModels(engine, runner),
     )

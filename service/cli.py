@@ -46,12 +46,26 @@ def main() -> None:
               help="gunicorn worker processes.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Threads per worker (more than 1 uses gunicorn's gthread worker).")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option("--projectors/--no-projectors", default=True, show_default=True,
+              help="Also run `casestudies projections run` beside the server (turn off where a separate "
+                   "worker keeps the projections, as in docker-compose.yml).")
+def serve(host: str, port: int, workers: int, threads: int, projectors: bool) -> None:
     """Serve the API with gunicorn."""
+    import subprocess
+
     from service.wsgi import serve as run
 
     _settings()
-    run(host=host, port=port, workers=workers, threads=threads)
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "projections", "run"]) if projectors else None
+    try:
+        run(host=host, port=port, workers=workers, threads=threads)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 @main.group()
@@ -261,6 +275,137 @@ def audit_digest(output) -> None:
     output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
     click.echo(f"digest of {document['stream_count']} streams, {document['event_count']} events; "
                f"sha256 {document['sha256']}", err=True)
+
+
+@main.group()
+def projections() -> None:
+    """Read models kept from the global feed: run, rebuild, verify, status."""
+
+
+class _Bar:
+    """A progress bar on standard error whose length is known once the work has counted it."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def start(self, length: int) -> None:
+        self.bar = click.progressbar(length=length, label=self.label, file=sys.stderr)
+        self.bar.__enter__()
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done)
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _projector_names(services, name: str | None) -> list[str] | None:
+    if name is None:
+        return None
+    if name not in services.runner.projectors:
+        raise click.BadParameter(f"no projector {name!r}; there are {', '.join(services.runner.projectors)}",
+                                 param_hint="NAME")
+    return [name]
+
+
+@projections.command("run")
+@click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(0.05, 60),
+              help="Seconds to wait when the feed has nothing new.")
+def projections_run(poll: float) -> None:
+    """Keep every projector following the feed until stopped (SIGTERM or Ctrl-C)."""
+    import signal
+    import threading
+
+    from service.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    services = _services()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with _database_errors():
+        services.runner.run(stop, poll_seconds=poll)
+
+
+@projections.command("rebuild")
+@click.argument("name", required=False)
+def projections_rebuild(name: str | None) -> None:
+    """Project the whole store afresh (one projector, or all) and swap it in when complete."""
+    services = _services()
+    names = _projector_names(services, name)
+    with _database_errors():
+        with _Bar("rebuilding") as bar:
+            mark = services.runner.rebuild(names, total=bar.start, progress=bar.update)
+    click.echo(f"rebuilt {', '.join(names or services.runner.projectors)} to position {mark.position}")
+
+
+@projections.command("verify")
+@click.argument("name", required=False)
+def projections_verify(name: str | None) -> None:
+    """Rebuild into scratch tables and report every row that differs from the live model (exit 1 if any)."""
+    services = _services()
+    names = _projector_names(services, name)
+    with _database_errors():
+        with _Bar("verifying") as bar:
+            results = services.runner.verify(names, total=bar.start, progress=bar.update)
+    differing = 0
+    for projector, result in results.items():
+        for difference in result.differences:
+            differing += 1
+            click.echo(f"DIFFERS {projector} {difference.table} {difference.key}: live {difference.live}, "
+                       f"rebuilt {difference.rebuilt}")
+        skipped = f"; {result.skipped} records changed meanwhile and were left out" if result.skipped else ""
+        state = "matches" if not result.differences else f"{len(result.differences)} rows differ"
+        click.echo(f"{projector}: {state} a rebuild to position {result.checked_to.position}{skipped}")
+    sys.exit(1 if differing else 0)
+
+
+@projections.command("status")
+def projections_status() -> None:
+    """Each projector's checkpoint, lag and last error."""
+    services = _services()
+    with _database_errors():
+        rows = services.runner.status()
+    for row in rows:
+        error = f"; FAILING at position {row['last_error']['position']}: {row['last_error']['message']}" \
+            if row["failing"] else ""
+        click.echo(f"{row['name']}: position {row['checkpoint']['position']} of {row['head']['position']}, "
+                   f"{row['lag_events']} events / {row['lag_seconds']} s behind{error}")
+
+
+@main.group()
+def report() -> None:
+    """Reports for people."""
+
+
+@report.command("weekly")
+@click.option("--as-of", "as_of", help="End of the week to report (a date means its end, UTC); default now.")
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default="md", show_default=True)
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-",
+              help="File to write (default: standard output).")
+def report_weekly(as_of: str | None, fmt: str, output) -> None:
+    """The weekly review: counts and change, stuck, blockers, candidates, published, cycle times."""
+    import orjson
+
+    from service.events.tables import utcnow
+    from service.events.weekly import to_html, to_markdown, weekly_report
+
+    services = _services()
+    now = utcnow()
+    with _database_errors():
+        document = weekly_report(services.read_models, services.projections,
+                                 as_of=_when(as_of, start=False) or now, now=now)
+    if fmt == "json":
+        output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        output.write(to_markdown(document) if fmt == "md" else to_html(document))
 
 
 if __name__ == "__main__":

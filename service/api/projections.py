@@ -1,14 +1,32 @@
-"""Reporting: the pipeline by status and CSM, and the stuck list of the weekly review."""
+"""Reporting: the pipeline, what is stuck, what blocks publication, cycle times, candidates,
+and how far each projector has read."""
 from __future__ import annotations
 
-from flask import Blueprint
+from datetime import datetime
+
+from flask import Blueprint, Response
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
 from service.domain import STATUS_LABELS, STUCK_CODES
+from service.domain.reporting import BLOCKER_CODES, STAGES
+from service.events.read_models import Answer
 from service.events.tables import utcnow
 
 bp = Blueprint("projections", __name__)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _csv(answer: Answer, header: list[str], rows, filename: str) -> Response:
+    """A CSV answer; how far its projection had read goes in headers."""
+    response = params.csv_response(header, rows, filename)
+    response.headers["X-Projection"] = answer.projector
+    response.headers["X-Projection-Position"] = str(answer.read_to.position)
+    response.headers["X-Projection-Recorded-At"] = _iso(answer.read_to.recorded_at) or ""
+    return response
 
 
 @bp.get("/projections/pipeline")
@@ -16,14 +34,101 @@ bp = Blueprint("projections", __name__)
 def pipeline():
     """Counts by status, and by CSM and status (JSON or CSV)."""
     as_csv = params.wants_csv()
-    counts = services().projections.pipeline()
+    answer = services().read_models.pipeline()
+    counts = answer.value
     if as_csv:
         statuses = list(STATUS_LABELS)
-        rows = [[csm or "", *(by[s] for s in statuses), sum(by.values())]
-                for csm, by in counts["by_csm"].items()]
+        rows = [[csm, *(by[s] for s in statuses), sum(by.values())] for csm, by in counts["by_csm"].items()]
         rows.append(["(all)", *(counts["by_status"][s] for s in statuses), counts["total"]])
-        return params.csv_response(["csm", *statuses, "total"], rows, "pipeline.csv")
-    return counts
+        return _csv(answer, ["csm", *statuses, "total"], rows, "pipeline.csv")
+    return {**counts, "projection": answer.projection()}
+
+
+BLOCKER_COLUMNS = ["id", "status", "csm", "account_name", "code", "subject", "reason", "since", "until", "days",
+                   "details"]
+
+
+def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
+    """Blocker rows as clients see them, with days blocked up to ``reference``."""
+    return [{"id": row["id"], "status": row["status"], "csm": row["csm"], "account_name": row["account_name"],
+             "code": row["code"], "subject": row["subject"] or None, "reason": row["reason"],
+             "since": _iso(row["since"]), "until": _iso(row["until"]),
+             "days": max(0, ((row["until"] or reference) - row["since"]).days), "details": row["details"]}
+            for row in answer.value]
+
+
+@bp.get("/projections/blockers")
+@requires(*PROJECTION_READERS)
+def blockers():
+    """What blocks publication, per record: now, or at business time ``as_of``."""
+    as_csv = params.wants_csv()
+    as_of = params.as_of()
+    answer = services().read_models.blockers(as_of=as_of, csm=params.text("csm"),
+                                             code=params.choice("code", BLOCKER_CODES))
+    items = blocker_items(answer, as_of or utcnow())
+    if as_csv:
+        return _csv(answer, BLOCKER_COLUMNS, ([item[c] for c in BLOCKER_COLUMNS] for item in items), "blockers.csv")
+    return {"as_of": _iso(as_of), "count": len(items), "records": len({i["id"] for i in items}), "items": items,
+            "projection": answer.projection()}
+
+
+@bp.get("/projections/cycle-times")
+@requires(*PROJECTION_READERS)
+def cycle_times():
+    """Days from commitment to each milestone and each approver role's answer time, per quarter."""
+    as_csv = params.wants_csv()
+    answer = services().read_models.cycle_times(start=params.as_of("from", date_is_start=True),
+                                                end=params.as_of("to"), csm=params.text("csm"))
+    if as_csv:
+        header = ["quarter", "kind", "name", "count", "median_days", "p90_days"]
+        rows = []
+        for quarter in [*answer.value["quarters"], {"quarter": "(all)", **answer.value["overall"]}]:
+            for kind, group in (("stage", "stages"), ("approver_role", "approver_roles")):
+                for name, figures in quarter[group].items():
+                    rows.append([quarter["quarter"], kind, name, figures["count"], figures["median_days"],
+                                 figures["p90_days"]])
+        return _csv(answer, header, rows, "cycle-times.csv")
+    return {"stages": {stage: f"days from committed to the first {event}" for stage, event in STAGES.items()},
+            **answer.value, "projection": answer.projection()}
+
+
+CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct", "best_metric", "nps",
+                     "candidate_since"]
+
+
+@bp.get("/projections/candidates")
+@requires(*PROJECTION_READERS)
+def candidates():
+    """Records that meet the candidate rule (KPI improvement and NPS), newest candidates first."""
+    as_csv = params.wants_csv()
+    answer = services().read_models.candidates(since=params.as_of("since", date_is_start=True),
+                                               csm=params.text("csm"))
+    items = [{column: _iso(row[column]) if column == "candidate_since" else row[column]
+              for column in CANDIDATE_COLUMNS} for row in answer.value]
+    if as_csv:
+        return _csv(answer, CANDIDATE_COLUMNS, ([i[c] for c in CANDIDATE_COLUMNS] for i in items),
+                    "candidates.csv")
+    return {"kpi_improvement_threshold_pct": services().settings.candidate_kpi_pct, "count": len(items),
+            "items": items, "projection": answer.projection()}
+
+
+STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events", "lag_seconds", "failing",
+                  "last_error", "error_position", "error_at"]
+
+
+@bp.get("/projections/status")
+@requires(*PROJECTION_READERS)
+def status():
+    """Each projector's checkpoint, its lag behind the feed in events and seconds, and its last error."""
+    as_csv = params.wants_csv()
+    projectors = services().runner.status()
+    if as_csv:
+        rows = [[p["name"], p["generation"], p["checkpoint"]["position"], p["checkpoint"]["recorded_at"],
+                 p["lag_events"], p["lag_seconds"], p["failing"],
+                 *((p["last_error"]["message"], p["last_error"]["position"], p["last_error"]["at"])
+                   if p["last_error"] else (None, None, None))] for p in projectors]
+        return params.csv_response(STATUS_COLUMNS, rows, "projections-status.csv")
+    return {"head": projectors[0]["head"] if projectors else None, "projectors": projectors}
 
 
 @bp.get("/projections/stuck")

@@ -1,4 +1,4 @@
-"""Read models over the state table: the record list, the pipeline and the stuck list."""
+"""Read models over the state table: the record list and the stuck list (always current)."""
 from __future__ import annotations
 
 import base64
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Iterator
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, or_, select
 
-from service.domain import STATUS_LABELS, CaseStudy, StuckFinding, StuckThresholds, stuck_findings
+from service.domain import CaseStudy, StuckFinding, StuckThresholds, stuck_findings
 from service.domain.model import Status
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
@@ -76,19 +76,6 @@ class Projections:
         more = len(records) > limit
         records = records[:limit]
         return Page(records, encode_cursor(records[-1].id) if more else None)
-
-    def pipeline(self) -> dict:
-        """Counts by status, and by CSM and status."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(case_studies.c.csm, case_studies.c.status, func.count())
-                                .group_by(case_studies.c.csm, case_studies.c.status)
-                                .order_by(case_studies.c.csm, case_studies.c.status)).all()
-        by_status = {status: 0 for status in STATUS_LABELS}
-        by_csm: dict[str, dict[str, int]] = {}
-        for csm, status, count in rows:
-            by_status[status] += count
-            by_csm.setdefault(csm, {s: 0 for s in STATUS_LABELS})[status] += count
-        return {"total": sum(by_status.values()), "by_status": by_status, "by_csm": by_csm}
 
     def stuck(self, *, as_of: datetime, now: datetime, csm: str | None = None,
               code: str | None = None) -> list[StuckRow]:

@@ -1,0 +1,37 @@
+"""The weekly review as JSON, Markdown or HTML."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from service.api import params, services
+from service.api.auth import PROJECTION_READERS, requires
+from service.events.tables import utcnow
+from service.events.weekly import to_html, to_markdown, weekly_report
+
+bp = Blueprint("reports", __name__)
+
+FORMATS = {"json": "application/json", "md": "text/markdown", "html": "text/html"}
+
+
+def _format() -> str:
+    chosen = params.choice("format", tuple(FORMATS))
+    if chosen:
+        return chosen
+    best = request.accept_mimetypes.best_match(list(FORMATS.values()), default="application/json")
+    return next(name for name, mimetype in FORMATS.items() if mimetype == best)
+
+
+@bp.get("/reports/weekly")
+@requires(*PROJECTION_READERS)
+def weekly():
+    """The weekly review for the week ending at ``as_of`` (default now; a date means its end)."""
+    fmt = _format()
+    now = utcnow()
+    as_of = params.as_of() or now
+    wired = services()
+    report = weekly_report(wired.read_models, wired.projections, as_of=as_of, now=now)
+    if fmt == "md":
+        return Response(to_markdown(report), mimetype="text/markdown")
+    if fmt == "html":
+        return Response(to_html(report), mimetype="text/html")
+    return report
