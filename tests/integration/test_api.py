@@ -243,6 +243,9 @@ ROLE_MATRIX = [
     ("GET", "/case-studies/{id}/events", {"writer": 403, "reader": 403, "auditor": 200, "admin": 200}),
     ("GET", "/projections/pipeline", {"writer": 403, "reader": 200, "auditor": 200, "admin": 200}),
     ("GET", "/projections/stuck", {"writer": 403, "reader": 200, "auditor": 200, "admin": 200}),
+    *(("GET", path, {"writer": 403, "reader": 200, "auditor": 200, "admin": 200})
+      for path in ("/projections/blockers", "/projections/cycle-times", "/projections/candidates",
+                   "/projections/status", "/reports/weekly", "/events")),
 ]
 
 

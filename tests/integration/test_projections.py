@@ -1,0 +1,421 @@
+"""Projections on SQLite and PostgreSQL: a fixture pipeline whose every figure is worked out by hand.
+
+The pipeline (business dates; the report is for the week ending 2026-11-20 12:00 UTC, so
+"the week before" is 2026-11-13 12:00). Every event happens at 09:00 UTC.
+
+| id             | CSM | story                                                                        |
+|----------------|-----|------------------------------------------------------------------------------|
+| ns-late        | Ana | committed 10-01, never started                  -> stuck not_started_too_long |
+| ip-idle        | Ana | committed 09-01, started 09-02, baseline 09-05  -> stuck no_activity          |
+| ip-nobase      | Ben | committed 11-01, started 11-02                  -> stuck missing_baseline     |
+| await-long     | Ben | committed 10-01, started 10-05, metrics 10-06, NPS 9 10-07 (a candidate),     |
+|                |     | approval asked of marketing+legal 10-20, marketing granted 10-25              |
+|                |     |                                                 -> stuck awaiting_approval    |
+| hold-overdue   | Ana | committed 09-01, started 09-02, held 09-10 to revisit 10-01                   |
+|                |     |                                                 -> stuck hold_revisit_overdue |
+| hold-norevisit | Ben | committed 09-01, held 09-15, no revisit date    -> stuck hold_without_revisit |
+| pub-week       | Ana | committed 08-01, started 08-11, metrics 08-20, NPS 8 08-21, approval asked    |
+|                |     | 10-01, granted 10-05, published 11-18           -> published this week       |
+| changes        | Ben | committed 11-10, started 11-11, metrics 11-12, approval asked of legal        |
+|                |     | 11-13, legal asked for changes 11-16                                          |
+| new-cand       | Ana | committed 11-01, started 11-02, baseline 11-03, current 11-15, NPS 9 11-17    |
+|                |     |                                                 -> a new candidate            |
+| declined       | Ben | committed 10-01, declined 11-14                                               |
+"""
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select, update
+
+from service import create_app, migrations
+from service.bootstrap import build
+from service.config import Settings
+from service.domain.reporting import BLOCKER_CODES
+from service.domain.stuck import STUCK_CODES
+from service.events.db import make_engine, transaction
+from service.events.projecting import ProjectionFailed, ProjectionRunner
+from service.events.projectors import projectors
+from service.events.store import EventStore, NewEvent
+from service.events.tables import blockers, pipeline_records
+from service.events.weekly import to_html, to_markdown, weekly_report
+from tests.conftest import _drop_postgres, _fresh_postgres
+
+AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)
+RECORDED = datetime(2026, 11, 20, 10, tzinfo=UTC)  # the fixture is recorded before AS_OF
+BASELINE = {"kind": "baseline", "metrics": {"tickets_per_day": 100}}
+CURRENT = {"kind": "current", "metrics": {"tickets_per_day": 150}}
+
+
+def day(month: int, dom: int) -> datetime:
+    return datetime(2026, month, dom, 9, tzinfo=UTC)
+
+
+def committed(csm: str, name: str) -> dict:
+    return {"account": {"id": f"acc-{name}", "name": name}, "csm": csm,
+            "champion": {"name": "Jo Park", "title": "VP"}, "use_case": "support", "close_date": "2026-07-01"}
+
+
+PIPELINE: dict[str, list[tuple[str, dict, datetime]]] = {
+    "ns-late": [("committed", committed("Ana", "Nimbus"), day(10, 1))],
+    "ip-idle": [("committed", committed("Ana", "Ibex"), day(9, 1)), ("started", {}, day(9, 2)),
+                ("metrics_recorded", BASELINE, day(9, 5))],
+    "ip-nobase": [("committed", committed("Ben", "Iris"), day(11, 1)), ("started", {}, day(11, 2))],
+    "await-long": [("committed", committed("Ben", "Atlas"), day(10, 1)), ("started", {}, day(10, 5)),
+                   ("metrics_recorded", BASELINE, day(10, 6)), ("metrics_recorded", CURRENT, day(10, 6)),
+                   ("nps_recorded", {"score": 9}, day(10, 7)),
+                   ("approval_requested", {"approvers": ["marketing", "legal"]}, day(10, 20)),
+                   ("approval_granted", {"role": "marketing", "approver": "Sam"}, day(10, 25))],
+    "hold-overdue": [("committed", committed("Ana", "Halo"), day(9, 1)), ("started", {}, day(9, 2)),
+                     ("held", {"reason": "customer reorg", "revisit_on": "2026-10-01"}, day(9, 10))],
+    "hold-norevisit": [("committed", committed("Ben", "Hera"), day(9, 1)),
+                       ("held", {"reason": "budget freeze"}, day(9, 15))],
+    "pub-week": [("committed", committed("Ana", "Polar"), day(8, 1)), ("started", {}, day(8, 11)),
+                 ("metrics_recorded", BASELINE, day(8, 20)), ("metrics_recorded", CURRENT, day(8, 20)),
+                 ("nps_recorded", {"score": 8}, day(8, 21)),
+                 ("approval_requested", {"approvers": ["marketing"]}, day(10, 1)),
+                 ("approval_granted", {"role": "marketing", "approver": "Sam"}, day(10, 5)),
+                 ("published", {"url": "https://example.com/polar"}, day(11, 18))],
+    "changes": [("committed", committed("Ben", "Cobalt"), day(11, 10)), ("started", {}, day(11, 11)),
+                ("metrics_recorded", BASELINE, day(11, 12)), ("metrics_recorded", CURRENT, day(11, 12)),
+                ("approval_requested", {"approvers": ["legal"]}, day(11, 13)),
+                ("changes_requested", {"role": "legal", "comment": "drop the revenue figure"}, day(11, 16))],
+    "new-cand": [("committed", committed("Ana", "Nova"), day(11, 1)), ("started", {}, day(11, 2)),
+                 ("metrics_recorded", BASELINE, day(11, 3)), ("metrics_recorded", CURRENT, day(11, 15)),
+                 ("nps_recorded", {"score": 9}, day(11, 17))],
+    "declined": [("committed", committed("Ben", "Dune"), day(10, 1)),
+                 ("declined", {"reason": "new CEO"}, day(11, 14))],
+}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request, tmp_path_factory):
+    """A fresh database per backend holding only the fixture pipeline, projected."""
+    server = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('projections') / 'p.db'}"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = _fresh_postgres(server)
+    engine = make_engine(url, pool_size=10)
+    migrations.upgrade(engine)
+    services = build(Settings(database_url=url, log_format="json"), engine=engine)
+    store = EventStore(engine, clock=lambda: RECORDED)
+    for stream_id, steps in PIPELINE.items():
+        store.append(stream_id, [NewEvent(t, d, occurred_at=at) for t, d, at in steps], actor="fixture")
+    services.runner.catch_up()
+    reader = services.keys.create(f"reader-{request.param}", "reader")
+    writer = services.keys.create(f"writer-{request.param}", "writer")
+    client = create_app(services=services).test_client()
+    yield services, client, {"Authorization": f"Bearer {reader}"}, {"Authorization": f"Bearer {writer}"}
+    engine.dispose()
+    if server:
+        _drop_postgres(server, url)
+
+
+def get(world, path: str, **query):
+    _services, client, reader, _writer = world
+    response = client.get(path, query_string=query, headers=reader)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response
+
+
+def rows_of(response) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+
+
+# -- the weekly review's questions ------------------------------------------------------------
+def test_every_stuck_rule_fires_on_the_fixture(world):
+    answer = get(world, "/projections/stuck", as_of=AS_OF.isoformat()).get_json()
+    assert {(item["id"], item["code"]) for item in answer["items"]} == {
+        ("ns-late", "not_started_too_long"), ("ip-idle", "no_activity"), ("ip-nobase", "missing_baseline"),
+        ("await-long", "awaiting_approval_too_long"), ("hold-overdue", "hold_revisit_overdue"),
+        ("hold-norevisit", "hold_without_revisit_date")}
+    assert {item["code"] for item in answer["items"]} == set(STUCK_CODES)
+    waiting = next(item for item in answer["items"] if item["id"] == "await-long")
+    assert waiting["reason"] == "waiting 31 days on legal"
+
+
+def test_blockers_name_what_stands_between_each_record_and_publication(world):
+    answer = get(world, "/projections/blockers").get_json()
+    found = {(item["id"], item["code"], item["subject"]) for item in answer["items"]}
+    missing_both = {"ns-late", "ip-nobase", "hold-overdue", "hold-norevisit"}
+    assert found == {
+        *((i, "missing_baseline_metrics", None) for i in missing_both),
+        *((i, "missing_current_metrics", None) for i in missing_both | {"ip-idle"}),
+        ("await-long", "approval_pending", "legal"),
+        ("changes", "changes_requested", "legal"),
+        ("hold-overdue", "on_hold", None), ("hold-norevisit", "on_hold", None)}
+    assert {code for _, code, _ in found} == set(BLOCKER_CODES) - {"unassigned_csm"}  # unit-tested
+    assert answer["records"] == 7
+    pending = next(item for item in answer["items"] if item["code"] == "approval_pending")
+    assert pending["since"] == day(10, 20).isoformat() and pending["until"] is None
+    assert answer["projection"]["name"] == "blockers" and answer["projection"]["position"] > 0
+
+    by_csm = get(world, "/projections/blockers", csm="Ben", code="on_hold").get_json()
+    assert [item["id"] for item in by_csm["items"]] == ["hold-norevisit"]
+    as_csv = get(world, "/projections/blockers", format="csv")
+    assert len(rows_of(as_csv)) == len(answer["items"])
+    assert as_csv.headers["X-Projection-Position"] == str(answer["projection"]["position"])
+
+
+def test_blockers_at_a_past_moment_are_those_that_held_then(world):
+    answer = get(world, "/projections/blockers", as_of="2026-11-14T12:00:00Z", code="approval_pending").get_json()
+    assert {(item["id"], item["subject"]) for item in answer["items"]} == {("changes", "legal"),
+                                                                            ("await-long", "legal")}
+    cleared = next(item for item in answer["items"] if item["id"] == "changes")
+    assert cleared["until"] == day(11, 16).isoformat()
+
+
+def test_cycle_times_give_median_and_p90_per_quarter_for_each_stage_and_approver_role(world):
+    answer = get(world, "/projections/cycle-times").get_json()
+    quarters = {q["quarter"]: q for q in answer["quarters"]}
+    assert set(quarters) == {"2026-Q3", "2026-Q4"}
+    # committed -> started, by the quarter it started: Q3 ip-idle 1, hold-overdue 1, pub-week 10;
+    # Q4 await-long 4, ip-nobase 1, changes 1, new-cand 1.
+    assert quarters["2026-Q3"]["stages"]["committed_to_started"] == {"count": 3, "median_days": 1.0,
+                                                                     "p90_days": 8.2}
+    assert quarters["2026-Q4"]["stages"]["committed_to_started"] == {"count": 4, "median_days": 1.0,
+                                                                     "p90_days": 3.1}
+    # committed -> approval requested: await-long 19, pub-week 61, changes 3 (all in Q4).
+    assert quarters["2026-Q4"]["stages"]["committed_to_approval_requested"] == {
+        "count": 3, "median_days": 19.0, "p90_days": 52.6}
+    assert quarters["2026-Q4"]["stages"]["committed_to_published"] == {"count": 1, "median_days": 109.0,
+                                                                       "p90_days": 109.0}
+    # marketing answered await-long in 5 days and pub-week in 4; legal asked changes after 3.
+    assert quarters["2026-Q4"]["approver_roles"] == {
+        "legal": {"count": 1, "median_days": 3.0, "p90_days": 3.0},
+        "marketing": {"count": 2, "median_days": 4.5, "p90_days": 4.9}}
+    assert answer["overall"]["stages"]["committed_to_started"]["count"] == 7
+
+    only_ana = get(world, "/projections/cycle-times", csm="Ana", **{"from": "2026-10-01"}).get_json()
+    assert only_ana["overall"]["stages"]["committed_to_started"]["count"] == 1  # new-cand
+    as_csv = rows_of(get(world, "/projections/cycle-times", format="csv"))
+    assert {"quarter": "2026-Q4", "kind": "approver_role", "name": "marketing", "count": "2",
+            "median_days": "4.5", "p90_days": "4.9"} in as_csv
+
+
+def test_candidates_are_records_with_enough_kpi_improvement_and_a_promoter_nps(world):
+    answer = get(world, "/projections/candidates").get_json()
+    assert [(i["id"], i["candidate_since"]) for i in answer["items"]] == [
+        ("new-cand", day(11, 17).isoformat()), ("await-long", day(10, 7).isoformat()),
+        ("pub-week", day(8, 21).isoformat())]
+    assert answer["items"][0]["kpi_improvement_pct"] == 50.0 and answer["items"][0]["nps"] == 9
+    assert answer["kpi_improvement_threshold_pct"] == 20.0
+    new = get(world, "/projections/candidates", since="2026-11-13").get_json()
+    assert [i["id"] for i in new["items"]] == ["new-cand"]
+    assert [r["id"] for r in rows_of(get(world, "/projections/candidates", format="csv"))] == [
+        "new-cand", "await-long", "pub-week"]
+
+
+def test_the_pipeline_counts_the_fixture_by_status_and_csm(world):
+    answer = get(world, "/projections/pipeline").get_json()
+    assert answer["by_status"] == {"not_started": 1, "in_progress": 4, "awaiting_customer_approval": 1,
+                                   "published": 1, "on_hold": 2, "declined": 1}
+    assert answer["by_csm"]["Ana"]["in_progress"] == 2 and answer["by_csm"]["Ben"]["declined"] == 1
+    assert answer["projection"]["name"] == "pipeline"
+
+
+def test_the_weekly_report_answers_the_review_for_the_fixture(world):
+    services = world[0]
+    report = weekly_report(services.read_models, services.projections, as_of=AS_OF,
+                           now=datetime(2026, 11, 23, tzinfo=UTC))
+    assert {s: (c["now"], c["week_before"], c["change"]) for s, c in report["counts"].items()} == {
+        "not_started": (1, 2, -1), "in_progress": (4, 3, 1), "awaiting_customer_approval": (1, 3, -2),
+        "published": (1, 0, 1), "on_hold": (2, 2, 0), "declined": (1, 0, 1)}
+    assert report["stuck"]["count"] == 6
+    # Most days first: ip-idle idle 76 days, hold-overdue 50 days overdue, ns-late 50 days not started.
+    assert {csm: [r["id"] for r in rows] for csm, rows in report["stuck"]["by_csm"].items()} == {
+        "Ana": ["ip-idle", "hold-overdue", "ns-late"], "Ben": ["hold-norevisit", "await-long", "ip-nobase"]}
+    assert report["blocking_publication"]["records"] == 7
+    assert report["blocking_publication"]["by_code"] == {
+        "approval_pending": 1, "changes_requested": 1, "missing_baseline_metrics": 4,
+        "missing_current_metrics": 5, "on_hold": 2}
+    assert [c["id"] for c in report["new_candidates"]] == ["new-cand"]
+    assert [(p["id"], p["days_from_commitment"]) for p in report["published"]] == [("pub-week", 109.0)]
+    assert report["cycle_times"]["quarter"] == "2026-Q4"
+    assert report["cycle_times"]["this_quarter"]["committed_to_published"]["median_days"] == 109.0
+
+    markdown = to_markdown(report)
+    assert "# Case study weekly review, week ending 2026-11-20" in markdown
+    assert "| Awaiting Customer Approval | 1 | 3 | -2 |" in markdown
+    assert "- **await-long** (Atlas, awaiting_customer_approval): waiting 31 days on legal" in markdown
+    assert "**new-cand** (Nova, CSM Ana): tickets_per_day +50 %, NPS 9" in markdown
+    page = to_html(report)
+    assert "<h2 id=\"stuck\">Stuck (6)</h2>" in page and "drop the revenue figure" in page
+
+
+def test_the_weekly_report_is_served_as_json_markdown_and_html(world):
+    as_json = get(world, "/reports/weekly", as_of=AS_OF.isoformat()).get_json()
+    assert as_json["stuck"]["count"] == 6
+    markdown = get(world, "/reports/weekly", as_of=AS_OF.isoformat(), format="md")
+    assert markdown.mimetype == "text/markdown" and "## What blocks publication (7 records)" in markdown.get_data(
+        as_text=True)
+    _services, client, reader, _writer = world
+    page = client.get("/reports/weekly", query_string={"as_of": AS_OF.isoformat()},
+                      headers={**reader, "Accept": "text/html"})
+    assert page.mimetype == "text/html" and "<table>" in page.get_data(as_text=True)
+
+
+# -- keeping projections: checkpoints, restarts, rebuild, verify ------------------------------
+def _fresh_world(backend: str, request, tmp_path):
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'p.db'}", None
+    server = request.getfixturevalue("postgres_server")
+    return _fresh_postgres(server), server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty(request, tmp_path):
+    """A fresh migrated database with nothing projected, and a store that records at RECORDED."""
+    url, server = _fresh_world(request.param, request, tmp_path)
+    engine = make_engine(url, pool_size=10)
+    migrations.upgrade(engine)
+    services = build(Settings(database_url=url, log_format="json"), engine=engine)
+    yield services, EventStore(engine, clock=lambda: RECORDED)
+    engine.dispose()
+    if server:
+        _drop_postgres(server, url)
+
+
+def load(store: EventStore, names=None) -> None:
+    for stream_id, steps in PIPELINE.items():
+        if names is None or stream_id in names:
+            store.append(stream_id, [NewEvent(t, d, occurred_at=at) for t, d, at in steps], actor="fixture")
+
+
+def table_rows(engine, table) -> list[tuple]:
+    with engine.connect() as conn:
+        return sorted(tuple(map(str, row)) for row in conn.execute(select(table)))
+
+
+def test_a_projector_restarted_from_its_checkpoint_misses_and_doubles_no_row(empty):
+    services, store = empty
+    load(store)
+    engine = services.engine
+    small = ProjectionRunner(engine, services.feed, projectors(20.0), batch=7)
+    assert small.catch_up(["blockers"], max_batches=2) == {"blockers": 14}  # then "the process dies"
+    with engine.connect() as conn:
+        assert small.checkpoint(conn, "blockers").position == 14
+    restarted = ProjectionRunner(engine, services.feed, projectors(20.0), batch=7)
+    total = sum(len(steps) for steps in PIPELINE.values())
+    assert restarted.catch_up(["blockers"]) == {"blockers": total - 14}
+    assert restarted.catch_up(["blockers"]) == {"blockers": 0}
+    live = table_rows(engine, blockers)
+    assert len(live) == len(set(live))
+    assert restarted.verify(["blockers"])["blockers"].differences == []
+    at_once = ProjectionRunner(engine, services.feed, projectors(20.0))
+    at_once.rebuild(["blockers"])
+    assert [row[1:] for row in table_rows(engine, blockers)] == [row[1:] for row in live]
+
+
+def test_a_projector_that_fails_keeps_its_checkpoint_and_reports_the_event(empty):
+    services, store = empty
+    load(store, {"ns-late", "ip-idle"})
+    runner = services.runner
+    runner.catch_up()
+    ip_idle_started = next(e for e in store.load("ip-idle") if e.type == "started")
+    store.append("ip-idle", [NewEvent("quote_added", {"text": "boom", "speaker": "Jo"}, occurred_at=day(9, 6))],
+                 actor="fixture")
+    before = runner.status()
+
+    broken = dict(runner.projectors)
+    real = broken["candidates"]
+
+    class Exploding:
+        def __init__(self):
+            self.inner = real.fold()
+
+        def step(self, event, record):
+            if event.type == "quote_added":
+                raise RuntimeError("cannot project this quote")
+            self.inner.step(event, record)
+
+        def rows(self, record, events):
+            return self.inner.rows(record, events)
+
+    broken["candidates"] = type(real)(real.name, real.tables, Exploding, real.description)
+    failing = ProjectionRunner(services.engine, services.feed, broken)
+    with pytest.raises(ProjectionFailed):
+        failing.catch_up(["candidates"])
+    status = {row["name"]: row for row in failing.status()}["candidates"]
+    assert status["failing"] is True and status["lag_events"] == 1
+    assert "cannot project this quote" in status["last_error"]["message"]
+    assert status["last_error"]["position"] == store.load("ip-idle")[-1].position
+    assert status["checkpoint"] == {row["name"]: row for row in before}["candidates"]["checkpoint"]
+    assert ip_idle_started.position < status["last_error"]["position"]
+
+    runner.catch_up(["candidates"])  # the fixed projector gets past it
+    healed = {row["name"]: row for row in runner.status()}["candidates"]
+    assert healed["failing"] is False and healed["lag_events"] == 0
+    assert healed["last_error"] is not None  # the error stays visible after recovery
+
+
+def test_a_rebuild_equals_the_live_model_and_readers_never_see_it_half_built(empty):
+    services, store = empty
+    load(store)
+    runner = services.runner
+    runner.catch_up()
+    live = {table: table_rows(services.engine, table) for p in runner.projectors.values() for table in p.tables}
+    during: list[dict] = []
+
+    def progress(_events):
+        during.append(services.read_models.pipeline().value)
+
+    mark = runner.rebuild(progress=progress)
+    assert during and all(seen["total"] == len(PIPELINE) for seen in during)  # the old generation, whole
+    assert mark.position == services.feed.head().position
+    rebuilt = {table: table_rows(services.engine, table) for table in live}
+    strip = lambda rows: sorted(row[1:] for row in rows)  # noqa: E731 - the generation column differs
+    assert {t: strip(r) for t, r in rebuilt.items()} == {t: strip(r) for t, r in live.items()}
+    with services.engine.connect() as conn:
+        generations = conn.execute(select(pipeline_records.c.generation).distinct()).scalars().all()
+    assert generations == [2]  # the old generation is gone
+    assert all(not result.differences for result in runner.verify().values())
+
+
+def test_verify_reports_a_live_row_that_differs_from_a_rebuild(empty):
+    services, store = empty
+    load(store, {"ns-late", "declined"})
+    runner = services.runner
+    runner.catch_up()
+    with transaction(services.engine) as conn:
+        conn.execute(update(pipeline_records).where(pipeline_records.c.id == "ns-late").values(status="published"))
+    [difference] = runner.verify(["pipeline"])["pipeline"].differences
+    assert difference.table == "proj_pipeline_records" and difference.key == {"id": "ns-late"}
+    assert difference.live["status"] == "published" and difference.rebuilt["status"] == "not_started"
+
+
+def test_status_shows_lag_in_events_and_seconds_until_the_projectors_catch_up(empty):
+    services, store = empty
+    load(store, {"ns-late"})
+    services.runner.catch_up()
+    load(store, {"declined"})
+    lagging = {row["name"]: row for row in services.runner.status()}
+    assert all(row["lag_events"] == 2 and row["lag_seconds"] > 0 for row in lagging.values())
+    services.runner.catch_up()
+    assert all(row["lag_events"] == 0 and row["lag_seconds"] == 0 for row in services.runner.status())
+
+
+def test_the_worker_loop_follows_new_events_until_stopped(empty):
+    services, store = empty
+    stop = threading.Event()
+    worker = threading.Thread(target=services.runner.run, args=(stop,), kwargs={"poll_seconds": 0.05})
+    worker.start()
+    try:
+        load(store, {"ns-late", "pub-week"})
+        head = services.feed.head().position
+        deadline = datetime.now(UTC).timestamp() + 10
+        while datetime.now(UTC).timestamp() < deadline:
+            if all(row["checkpoint"]["position"] == head for row in services.runner.status()):
+                break
+            stop.wait(0.05)
+        assert services.read_models.pipeline().value["total"] == 2
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
