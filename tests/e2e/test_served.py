@@ -127,6 +127,41 @@ def test_a_new_user_migrates_makes_keys_and_walks_a_record_to_publication(served
     assert writer not in log_path.read_text()
 
 
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
+def test_the_projections_worker_beside_the_server_keeps_reports_current(served):
+    url, base, log_path = served
+    writer = cli(url, "keys", "create", "--role", "writer", "--name", "crm").stdout.strip()
+    reader = cli(url, "keys", "create", "--role", "reader", "--name", "reporting").stdout.strip()
+    for event_type in ("committed", "started"):
+        data = COMMITTED if event_type == "committed" else {}
+        assert call(base, "POST", "/case-studies/beta-1/events", writer, {"type": event_type, "data": data})[0] == 201
+    deadline = time.monotonic() + 15
+    while (pipeline := call(base, "GET", "/projections/pipeline", reader)[2])["by_status"]["in_progress"] != 1:
+        assert time.monotonic() < deadline, "the projections worker did not catch up"
+        time.sleep(0.1)
+    assert pipeline["projection"]["position"] == 2
+    status = call(base, "GET", "/projections/status", reader)[2]
+    assert all(p["lag_events"] == 0 for p in status["projectors"])
+
+    rebuilt = cli(url, "projections", "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt pipeline, blockers, cycle_times, candidates to position 2" in rebuilt.stdout
+    verified = cli(url, "projections", "verify", "blockers")
+    assert verified.returncode == 0 and "blockers: matches a rebuild to position 2" in verified.stdout
+    assert cli(url, "projections", "rebuild", "nonsense").returncode == 2
+    listed = cli(url, "projections", "status")
+    assert "pipeline: position 2 of 2, 0 events" in listed.stdout
+    page = cli(url, "report", "weekly", "--format", "html")
+    assert page.returncode == 0 and "<h1>Case study weekly review" in page.stdout
+    markdown = cli(url, "report", "weekly", "--as-of", "2026-01-01")
+    assert "week ending 2026-01-01" in markdown.stdout and "| **Total** | 0 | 0 | |" in markdown.stdout
+
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert {line["projector"] for line in lines if line.get("event") == "projection_advanced"} == {
+        "pipeline", "blockers", "cycle_times", "candidates"}
+
+
 @pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
 def test_readyz_says_not_ready_until_the_database_is_migrated(fresh_database, tmp_path):
     from service import create_app

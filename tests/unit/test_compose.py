@@ -1,4 +1,4 @@
-"""docker-compose.yml is valid and wires PostgreSQL, a one-shot migration and the API."""
+"""docker-compose.yml is valid and wires PostgreSQL, a one-shot migration, the API and the projections worker."""
 from __future__ import annotations
 
 import shutil
@@ -19,3 +19,4 @@ def test_the_compose_file_validates_and_runs_migrations_before_the_api():
     assert "pg_isready" in config and "pgdata" in config
     assert "service_completed_successfully" in config and "service_healthy" in config
     assert "postgresql+psycopg://" in config and "casestudies" in config
+    assert "--no-projectors" in config and "projections" in config and "run" in config
