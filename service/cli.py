@@ -137,11 +137,14 @@ def audit() -> None:
     """For auditors: export approval history, verify hash chains, keep digests."""
 
 
-def _services():
+def _services(*, log_stream=sys.stderr):
     from service.bootstrap import build
+    from service.logs import configure_logging
 
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level, stream=log_stream)
     with _database_errors():
-        return build(_settings())
+        return build(settings)
 
 
 def _when(value: str | None, *, start: bool) -> datetime | None:
@@ -322,11 +325,7 @@ def projections_run(poll: float) -> None:
     import signal
     import threading
 
-    from service.logs import configure_logging
-
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
-    services = _services()
+    services = _services(log_stream=sys.stdout)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

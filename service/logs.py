@@ -39,9 +39,13 @@ def stdlib_logging_config(log_format: str = "auto", level: str = "info") -> dict
     }
 
 
-def configure_logging(log_format: str = "auto", level: str = "info") -> None:
-    """Set up structlog for the process; ``auto`` means console on a terminal, JSON otherwise."""
-    use_json = _uses_json(log_format)
+def configure_logging(log_format: str = "auto", level: str = "info", stream=None) -> None:
+    """Set up structlog for the process; ``auto`` means console on a terminal, JSON otherwise.
+
+    Lines go to standard output unless ``stream`` is given (one-shot commands log to standard
+    error, keeping standard output for what they print)."""
+    stream = stream or sys.stdout
+    use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     # JSON lines are rendered by orjson straight to bytes: a log line per request and per
     # event is on every append's path.
     renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps) if use_json else _renderer(False)
@@ -58,7 +62,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=(structlog.BytesLoggerFactory(sys.stdout.buffer) if use_json
-                        else structlog.PrintLoggerFactory(sys.stdout)),
+        logger_factory=(structlog.BytesLoggerFactory(stream.buffer) if use_json
+                        else structlog.PrintLoggerFactory(stream)),
         cache_logger_on_first_use=False,
     )
