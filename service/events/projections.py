@@ -4,21 +4,17 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable, Iterator
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy.sql.expression import ColumnElement
 
 from service.domain import CaseStudy, StuckFinding, StuckThresholds, stuck_findings
 from service.domain.model import Status
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
 from service.events.tables import case_studies
-
-# Statuses in which some stuck rule can hold.
-_OPEN = [Status.NOT_STARTED.value, Status.IN_PROGRESS.value,
-         Status.AWAITING_CUSTOMER_APPROVAL.value, Status.ON_HOLD.value]
-
 
 class BadCursor(ValueError):
     """A pagination cursor this service did not hand out."""
@@ -84,7 +80,7 @@ class Projections:
             records: Iterable[CaseStudy] = (r for r in self.store.replay_all(recorded_until=as_of)
                                             if csm is None or r.csm == csm)
         else:
-            records = self._open_records(csm)
+            records = self._open_records(csm, as_of)
         rows = [StuckRow(record, finding)
                 for record in records
                 for finding in stuck_findings(record, as_of, self.thresholds)
@@ -92,8 +88,26 @@ class Projections:
         rows.sort(key=lambda row: (row.record.csm or "", -row.finding.days, row.record.id))
         return rows
 
-    def _open_records(self, csm: str | None) -> Iterator[CaseStudy]:
-        query = select(case_studies.c.state).where(case_studies.c.status.in_(_OPEN))
+    def _may_be_stuck(self, as_of: datetime) -> ColumnElement[bool]:
+        limits, c = self.thresholds, case_studies.c
+
+        def before(days: int) -> datetime:
+            return as_of - timedelta(days=days)
+
+        return or_(
+            and_(c.status == Status.NOT_STARTED.value, c.entered_status_at < before(limits.not_started_days)),
+            and_(c.status == Status.IN_PROGRESS.value,
+                 or_(c.last_activity_at < before(limits.no_activity_days),
+                     c.entered_status_at < before(limits.missing_baseline_days))),
+            and_(c.status == Status.AWAITING_CUSTOMER_APPROVAL.value,
+                 c.entered_status_at < before(limits.awaiting_approval_days)),
+            c.status == Status.ON_HOLD.value,  # revisit dates live in the state document
+        )
+
+    def _open_records(self, csm: str | None, as_of: datetime) -> Iterator[CaseStudy]:
+        """Records some stuck rule may hold for at ``as_of``, judged from the state table's columns
+        (a superset: the rules themselves decide), so that only those states are read and parsed."""
+        query = select(case_studies.c.state).where(self._may_be_stuck(as_of))
         if csm:
             query = query.where(case_studies.c.csm == csm)
         with self.engine.connect() as conn:

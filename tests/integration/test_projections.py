@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -419,3 +419,18 @@ def test_the_worker_loop_follows_new_events_until_stopped(empty):
         stop.set()
         worker.join(10)
     assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("as_of", [RECORDED, AS_OF, datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 3, 1, tzinfo=UTC)])
+def test_stuck_from_the_state_table_equals_stuck_from_a_replay(world, as_of):
+    projections = world[0].projections
+
+    def found(rows):
+        return sorted((row.record.id, row.finding.code, row.finding.days) for row in rows)
+
+    # Everything was recorded at RECORDED: with "now" at as_of the state table answers (only
+    # the records its columns say may be stuck are read), with "now" later a replay of what
+    # was recorded by as_of does. They must agree.
+    from_state = found(projections.stuck(as_of=as_of, now=as_of))
+    by_replay = found(projections.stuck(as_of=as_of, now=as_of + timedelta(seconds=1)))
+    assert from_state == by_replay and len(from_state) >= 6
