@@ -51,12 +51,14 @@ def main() -> None:
                    "worker keeps the projections, as in docker-compose.yml).")
 def serve(host: str, port: int, workers: int, threads: int, projectors: bool) -> None:
     """Serve the API with gunicorn."""
+    import os
     import subprocess
 
     from service.wsgi import serve as run
 
     _settings()
-    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "projections", "run"]) if projectors else None
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "projections", "run", "--parent", str(os.getpid())]
+                              ) if projectors else None
     try:
         run(host=host, port=port, workers=workers, threads=threads)
     finally:
@@ -148,6 +150,8 @@ def _services(*, log_stream=sys.stderr):
 
 
 def _when(value: str | None, *, start: bool) -> datetime | None:
+    from service.api.params import EARLIEST, LATEST
+
     if value is None:
         return None
     try:
@@ -155,9 +159,13 @@ def _when(value: str | None, *, start: bool) -> datetime | None:
             parsed = datetime.combine(date.fromisoformat(value), time.min if start else time.max)
         else:
             parsed = datetime.fromisoformat(value)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        if not EARLIEST <= parsed <= LATEST:
+            raise ValueError(value)
+        return parsed
     except (ValueError, OverflowError):
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 date or time in range") from None
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 date or time from {EARLIEST.year} "
+                                 f"to {LATEST.year}") from None
 
 
 @audit.command("export")
@@ -293,6 +301,8 @@ class _Bar:
         self.bar = None
 
     def start(self, length: int) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
         self.bar = click.progressbar(length=length, label=self.label, file=sys.stderr)
         self.bar.__enter__()
 
@@ -308,6 +318,16 @@ class _Bar:
             self.bar.__exit__(*exc)
 
 
+@contextmanager
+def _busy():
+    from service.events.projecting import ProjectionBusy, ProjectionFailed
+
+    try:
+        yield
+    except (ProjectionBusy, ProjectionFailed) as error:
+        raise click.ClickException(str(error)) from None
+
+
 def _projector_names(services, name: str | None) -> list[str] | None:
     if name is None:
         return None
@@ -320,7 +340,8 @@ def _projector_names(services, name: str | None) -> list[str] | None:
 @projections.command("run")
 @click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(0.05, 60),
               help="Seconds to wait when the feed has nothing new.")
-def projections_run(poll: float) -> None:
+@click.option("--parent", type=int, hidden=True, help="Stop when this process is gone (set by serve).")
+def projections_run(poll: float, parent: int | None) -> None:
     """Keep every projector following the feed until stopped (SIGTERM or Ctrl-C)."""
     import signal
     import threading
@@ -330,7 +351,7 @@ def projections_run(poll: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with _database_errors():
-        services.runner.run(stop, poll_seconds=poll)
+        services.runner.run(stop, poll_seconds=poll, parent_pid=parent)
 
 
 @projections.command("rebuild")
@@ -340,7 +361,7 @@ def projections_rebuild(name: str | None) -> None:
     services = _services()
     names = _projector_names(services, name)
     with _database_errors():
-        with _Bar("rebuilding") as bar:
+        with _Bar("rebuilding") as bar, _busy():
             mark = services.runner.rebuild(names, total=bar.start, progress=bar.update)
     click.echo(f"rebuilt {', '.join(names or services.runner.projectors)} to position {mark.position}")
 
@@ -352,7 +373,7 @@ def projections_verify(name: str | None) -> None:
     services = _services()
     names = _projector_names(services, name)
     with _database_errors():
-        with _Bar("verifying") as bar:
+        with _Bar("verifying") as bar, _busy():
             results = services.runner.verify(names, total=bar.start, progress=bar.update)
     differing = 0
     for projector, result in results.items():
@@ -371,12 +392,15 @@ def projections_status() -> None:
     """Each projector's checkpoint, lag and last error."""
     services = _services()
     with _database_errors():
-        rows = services.runner.status()
-    for row in rows:
+        status = services.runner.status()
+    for row in status["projectors"]:
         error = f"; FAILING at position {row['last_error']['position']}: {row['last_error']['message']}" \
             if row["failing"] else ""
-        click.echo(f"{row['name']}: position {row['checkpoint']['position']} of {row['head']['position']}, "
+        click.echo(f"{row['name']}: position {row['checkpoint']['position']} of {status['head']['position']}, "
                    f"{row['lag_events']} events / {row['lag_seconds']} s behind{error}")
+    held = status["held_back"]
+    if held["events"]:
+        click.echo(f"{held['events']} committed events are held back by an open transaction: {held['by_transaction']}")
 
 
 @main.group()

@@ -35,6 +35,7 @@ def stdlib_logging_config(log_format: str = "auto", level: str = "info") -> dict
             "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
             "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "alembic": {"level": "WARNING"},  # /readyz asks Alembic for the revision on every call
+            "transitions": {"level": "WARNING"},  # a line per state change; events are logged already
         },
     }
 

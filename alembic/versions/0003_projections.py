@@ -50,9 +50,10 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger, nullable=False),
         sa.Column("event_recorded_at", UTC_TIME),
         sa.Column("updated_at", UTC_TIME, nullable=False),
+        sa.Column("failing", sa.Boolean, nullable=False),
         sa.Column("last_error", sa.Text),
-        sa.Column("error_position", sa.BigInteger),
-        sa.Column("error_at", UTC_TIME),
+        sa.Column("last_error_position", sa.BigInteger),
+        sa.Column("last_error_at", UTC_TIME),
     )
     op.create_table(
         "proj_pipeline_records", _generation(),

@@ -7,7 +7,7 @@ from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
 from service.api.problems import Problem
 from service.domain import EVENT_TYPES
-from service.events.feed import UnknownPosition
+from service.events.feed import NotYetReadable, UnknownPosition
 
 bp = Blueprint("feed", __name__)
 
@@ -35,6 +35,9 @@ def feed():
         page = services().feed.read(after=after, limit=limit, types=types)
     except UnknownPosition as error:
         raise Problem(400, "unknown_position", f"{error}: pass 0 or a position this feed handed out",
+                      parameter="after") from None
+    except NotYetReadable as error:
+        raise Problem(400, "position_not_readable", f"{error}; pass a position this feed handed out",
                       parameter="after") from None
     return {"after": after, "count": len(page.events), "events": [e.to_dict() for e in page.events],
             "next_after": page.next_after, "head": page.head.to_dict()}

@@ -14,6 +14,9 @@ from service.api.problems import Problem
 
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Reference times are kept within years a report can count weeks and quarters in.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 1, tzinfo=UTC)
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]+(Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
 
 
@@ -30,7 +33,10 @@ def as_of(name: str = "as_of", *, date_is_start: bool = False) -> datetime | Non
             value = datetime.fromisoformat(raw)
         else:
             raise ValueError(raw)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if not EARLIEST <= value <= LATEST:
+            raise ValueError(raw)
+        return value
     except (ValueError, OverflowError):
         hint = " (send + in an offset as %2B)" if " " in raw else ""
         raise Problem(400, "invalid_parameter",

@@ -53,7 +53,7 @@ def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
     return [{"id": row["id"], "status": row["status"], "csm": row["csm"], "account_name": row["account_name"],
              "code": row["code"], "subject": row["subject"] or None, "reason": row["reason"],
              "since": _iso(row["since"]), "until": _iso(row["until"]),
-             "days": max(0, ((row["until"] or reference) - row["since"]).days), "details": row["details"]}
+             "days": max(0, (min(row["until"] or reference, reference) - row["since"]).days), "details": row["details"]}
             for row in answer.value]
 
 
@@ -113,7 +113,7 @@ def candidates():
 
 
 STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events", "lag_seconds", "failing",
-                  "last_error", "error_position", "error_at"]
+                  "last_error", "last_error_position", "last_error_at"]
 
 
 @bp.get("/projections/status")
@@ -121,14 +121,14 @@ STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events",
 def status():
     """Each projector's checkpoint, its lag behind the feed in events and seconds, and its last error."""
     as_csv = params.wants_csv()
-    projectors = services().runner.status()
+    status = services().runner.status()
     if as_csv:
         rows = [[p["name"], p["generation"], p["checkpoint"]["position"], p["checkpoint"]["recorded_at"],
                  p["lag_events"], p["lag_seconds"], p["failing"],
                  *((p["last_error"]["message"], p["last_error"]["position"], p["last_error"]["at"])
-                   if p["last_error"] else (None, None, None))] for p in projectors]
+                   if p["last_error"] else (None, None, None))] for p in status["projectors"]]
         return params.csv_response(STATUS_COLUMNS, rows, "projections-status.csv")
-    return {"head": projectors[0]["head"] if projectors else None, "projectors": projectors}
+    return status
 
 
 @bp.get("/projections/stuck")

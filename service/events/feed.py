@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import BigInteger, Connection, Engine, Text, and_, cast, func, literal, select, true, tuple_
+from sqlalchemy import BigInteger, Connection, Engine, Text, cast, func, literal, select, text, true, tuple_
 from sqlalchemy.sql.expression import ColumnElement
 
 from service.events.db import is_sqlite, transaction
@@ -35,6 +35,15 @@ class UnknownPosition(ValueError):
 
     def __init__(self, position: int):
         super().__init__(f"no event is stored at position {position}")
+        self.position = position
+
+
+class NotYetReadable(ValueError):
+    """``after`` names an event the feed has not handed out yet (an older transaction is still open)."""
+
+    def __init__(self, position: int):
+        super().__init__(f"the event at position {position} is not in the feed yet: a transaction that "
+                         "began before it is still open")
         self.position = position
 
 
@@ -59,8 +68,9 @@ class FeedPage:
 
 @dataclass(frozen=True)
 class Lag:
-    events: int  # events readable now that come after the mark
+    events: int  # committed events after the mark, readable or held back
     oldest: datetime | None  # when the oldest of them was recorded
+    held_back: int  # of those, how many an open older transaction keeps out of the feed for now
 
 
 _START = (0, 0)  # (tx, position) before every event
@@ -100,13 +110,26 @@ class Feed:
             return self._head(conn)
 
     def lag(self, conn: Connection, after: int) -> Lag:
-        """How many readable events come after position ``after``, and the oldest one's age."""
-        start = self._cursor(conn, after)
-        condition = and_(self._after(start), self.readable())
-        count = conn.execute(select(func.count()).select_from(events).where(condition)).scalar_one()
-        oldest = conn.execute(select(events.c.recorded_at).where(condition)
-                              .order_by(events.c.tx, events.c.position).limit(1)).scalar()
-        return Lag(count, oldest)
+        """How many committed events come after position ``after`` (whether the feed hands them out
+        yet or an open transaction holds them back), and when the oldest was recorded."""
+        after_mark = self._after(self._cursor(conn, after))
+        count, held_back, oldest = conn.execute(
+            select(func.count(), func.count().filter(~self.readable()), func.min(events.c.recorded_at))
+            .where(after_mark)).one()
+        return Lag(count, oldest, held_back)
+
+    def oldest_open_writer(self, conn: Connection) -> dict | None:
+        """On PostgreSQL, the open transaction that holds the feed back, if one does."""
+        if self.sqlite:
+            return None
+        row = conn.execute(text(
+            "SELECT pid, datname, state, xact_start FROM pg_stat_activity "
+            "WHERE backend_xid IS NOT NULL AND backend_xid::text::bigint = "
+            "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296) LIMIT 1")).first()
+        if row is None:
+            return None
+        return {"pid": row.pid, "database": row.datname, "state": row.state,
+                "started_at": row.xact_start.isoformat() if row.xact_start else None}
 
     def readable(self) -> ColumnElement[bool]:
         """The condition an event must meet to be handed out in the current snapshot."""
@@ -118,26 +141,31 @@ class Feed:
     def _cursor(self, conn: Connection, after: int) -> tuple[int, int]:
         if after == 0:
             return _START
-        tx = conn.execute(select(self._tx_value()).where(events.c.position == after)).scalar()
-        if tx is None:
+        row = conn.execute(select(self._tx_value(), self.readable()).where(events.c.position == after)).first()
+        if row is None:
             raise UnknownPosition(after)
-        return int(tx), after
+        if not row[1]:
+            raise NotYetReadable(after)
+        return int(row[0]), after
 
     def _tx_value(self):
         return events.c.tx if self.sqlite else cast(cast(events.c.tx, Text), BigInteger)
 
-    def _after(self, start: tuple[int, int]) -> ColumnElement[bool]:
+    def _key(self, start: tuple[int, int]):
+        """Both sides of a comparison in the feed's order, for a (tx, position) cursor."""
         tx, position = start
         if self.sqlite:
-            return events.c.position > position
-        return tuple_(events.c.tx, events.c.position) > tuple_(cast(literal(str(tx)), Xid8()), literal(position))
+            return events.c.position, literal(position)
+        return tuple_(events.c.tx, events.c.position), tuple_(cast(literal(str(tx)), Xid8()), literal(position))
+
+    def _after(self, start: tuple[int, int]) -> ColumnElement[bool]:
+        column, cursor = self._key(start)
+        return column > cursor
 
     def until(self, conn: Connection, position: int) -> ColumnElement[bool]:
         """The condition an event must meet to come at or before position ``position`` in the feed."""
-        tx, position = self._cursor(conn, position)
-        if self.sqlite:
-            return events.c.position <= position
-        return tuple_(events.c.tx, events.c.position) <= tuple_(cast(literal(str(tx)), Xid8()), literal(position))
+        column, cursor = self._key(self._cursor(conn, position))
+        return column <= cursor
 
     def head_in(self, conn: Connection) -> Mark:
         """``head`` in the snapshot of ``conn``'s transaction."""

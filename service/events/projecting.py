@@ -14,27 +14,32 @@ compares the two.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import structlog
 from psycopg.types.json import Jsonb
-from sqlalchemy import JSON,  Connection, Engine, delete, except_, func, select, update
+from sqlalchemy import JSON, Connection, Engine, delete, except_, func, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from service.events.db import transaction
+from service.events.db import is_sqlite, transaction
 from service.events.feed import Feed, Lag, Mark
-from service.events.projectors import Projector, Rows, project
-from service.events.store import EVENT_COLUMNS, StoredEvent, stored_event
+from service.events.projectors import EventNotProjected, Projector, Rows, project
+from service.events.store import EVENT_COLUMNS, StoredEvent, group_streams, stored_event
 from service.events.tables import events, projection_checkpoints, utcnow
 
 log = structlog.get_logger("casestudies.projections")
 
-SCRATCH_GENERATION = -1  # where verify rebuilds
+SCRATCH_GENERATION = -1  # where verify rebuilds (one verify or rebuild per projector at a time)
 FLUSH_ROWS = 5_000  # rows a rebuild buffers before writing them
+DELETE_CHUNK = 2_000  # records whose old rows one transaction deletes after a swap
 
 
 @dataclass(frozen=True)
@@ -46,26 +51,25 @@ class Checkpoint:
     position: int
     event_recorded_at: datetime | None
     updated_at: datetime | None
-    last_error: str | None
-    error_position: int | None
-    error_at: datetime | None
-
-    @property
-    def failing(self) -> bool:
-        """True while the checkpoint has not got past the event that last failed."""
-        return self.error_position is not None and self.error_position > self.position
+    failing: bool  # the last batch failed; cleared when a batch succeeds
+    last_error: str | None  # kept after recovery, for the record
+    last_error_position: int | None  # the event it failed on
+    last_error_at: datetime | None
 
     def mark(self) -> Mark:
         return Mark(self.position, self.event_recorded_at)
 
 
 class ProjectionFailed(Exception):
-    """A projector could not project a stream; nothing of the batch was written."""
+    """A projector could not project an event; nothing of the batch was written."""
 
-    def __init__(self, name: str, position: int, stream_id: str, error: Exception):
-        super().__init__(f"{name}: stream {stream_id} (event at position {position}): "
-                         f"{type(error).__name__}: {error}")
-        self.name, self.position, self.stream_id = name, position, stream_id
+    def __init__(self, name: str, failure: EventNotProjected):
+        super().__init__(f"{name}: {failure}")
+        self.name, self.position, self.stream_id = name, failure.event.position, failure.event.stream_id
+
+
+class ProjectionBusy(Exception):
+    """Another rebuild or verify of the projector is running."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class VerifyResult:
 
 
 def _new_checkpoint(name: str) -> Checkpoint:
-    return Checkpoint(name, 1, 0, None, None, None, None, None)
+    return Checkpoint(name, 1, 0, None, None, False, None, None, None)
 
 
 class ProjectionRunner:
@@ -120,7 +124,7 @@ class ProjectionRunner:
                     if conn.execute(select(projection_checkpoints.c.name)
                                     .where(projection_checkpoints.c.name == name)).first() is None:
                         conn.execute(projection_checkpoints.insert().values(
-                            name=name, generation=1, position=0, updated_at=self.clock()))
+                            name=name, generation=1, position=0, updated_at=self.clock(), failing=False))
             except IntegrityError:
                 pass  # another process made it first
 
@@ -150,71 +154,82 @@ class ProjectionRunner:
         return done
 
     def step(self, name: str) -> int:
-        """Project one batch of the feed for ``name``; the number of events it read."""
+        """Project one batch of the feed for ``name``; the number of events it read.
+
+        The batch is read and projected in a read-only snapshot, then written in a short
+        transaction that holds the checkpoint row, and only if nobody moved the checkpoint or
+        swapped generations meanwhile: a writing transaction holds the feed back while it is open."""
         projector = self.projectors[name]
+        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
+            checkpoint = self.checkpoint(conn, name)
+            page = self.feed.read_in(conn, after=checkpoint.position, limit=self.batch)
+            if not page.events:
+                return 0
+            streams = self._streams_of(conn, page.events)
         try:
-            with transaction(self.engine) as conn:
-                checkpoint = self.checkpoint(conn, name, lock=True)
-                page = self.feed.read_in(conn, after=checkpoint.position, limit=self.batch)
-                if not page.events:
-                    return 0
-                last = page.events[-1]
-                stream_rows = self._project_batch(conn, projector, page.events)
-                _replace(conn, projector, checkpoint.generation, stream_rows)
-                conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == name)
-                             .values(position=last.position, event_recorded_at=last.recorded_at,
-                                     updated_at=self.clock()))
-        except ProjectionFailed as failure:
+            stream_rows = {stream_id: project(stream_id, stream, [projector])[name]
+                           for stream_id, stream in streams.items()}
+        except EventNotProjected as error:
+            failure = ProjectionFailed(name, error)
             self._record_error(failure)
             log.error("projection_failed", projector=name, position=failure.position,
                       stream_id=failure.stream_id, error=str(failure))
-            raise
+            raise failure from error
+        last = page.events[-1]
+        with transaction(self.engine) as conn:
+            current = self.checkpoint(conn, name, lock=True)
+            if (current.position, current.generation) != (checkpoint.position, checkpoint.generation):
+                return 0  # another runner or a rebuild got there first; the next step starts from theirs
+            _replace(conn, projector, checkpoint.generation, stream_rows)
+            conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == name)
+                         .values(position=last.position, event_recorded_at=last.recorded_at,
+                                 updated_at=self.clock(), failing=False))
         log.info("projection_advanced", projector=name, position=last.position, events=len(page.events),
                  records=len(stream_rows))
         return len(page.events)
 
-    def _project_batch(self, conn: Connection, projector: Projector,
-                       batch: Sequence[StoredEvent]) -> dict[str, Rows]:
-        """Each touched record's rows, projected from its events up to the last one in ``batch``."""
+    @staticmethod
+    def _streams_of(conn: Connection, batch: Sequence[StoredEvent]) -> dict[str, list[StoredEvent]]:
+        """Each touched stream's events up to the last of its events in ``batch``."""
         upto: dict[str, int] = {}
-        first_position: dict[str, int] = {}
         for event in batch:
             upto[event.stream_id] = max(upto.get(event.stream_id, 0), event.version)
-            first_position.setdefault(event.stream_id, event.position)
         streams: dict[str, list[StoredEvent]] = {stream_id: [] for stream_id in upto}
         for row in conn.execute(select(*EVENT_COLUMNS).where(events.c.stream_id.in_(list(upto)))
                                 .order_by(events.c.stream_id, events.c.version)):
             event = stored_event(row)
             if event.version <= upto[event.stream_id]:
                 streams[event.stream_id].append(event)
-        out: dict[str, Rows] = {}
-        for stream_id, stream in streams.items():
-            try:
-                out[stream_id] = project(stream_id, stream, [projector])[projector.name]
-            except Exception as error:  # any failure to project is reported with its event
-                raise ProjectionFailed(projector.name, first_position[stream_id], stream_id, error) from error
-        return out
+        return streams
 
     def _record_error(self, failure: ProjectionFailed) -> None:
         with transaction(self.engine) as conn:
             conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == failure.name)
-                         .values(last_error=str(failure)[:2000], error_position=failure.position,
-                                 error_at=self.clock()))
+                         .values(failing=True, last_error=str(failure)[:2000],
+                                 last_error_position=failure.position, last_error_at=self.clock()))
 
-    def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0) -> None:
-        """Follow the feed until ``stop`` is set; a failing projector is retried with backoff."""
-        self.ensure_checkpoints()
+    def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,
+            parent_pid: int | None = None) -> None:
+        """Follow the feed until ``stop`` is set (or process ``parent_pid`` is gone).
+
+        A projector found at the start of a store that has events is rebuilt first (one pass
+        over the store) rather than followed event by event. A failing projector, or a database
+        that cannot be reached, is retried with backoff up to ``max_backoff`` seconds."""
         retry_at: dict[str, float] = {}
         backoff: dict[str, float] = {}
-        while not stop.is_set():
+        ready = False
+        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
             progressed = False
             for name in self.projectors:
                 if retry_at.get(name, 0.0) > time.monotonic():
                     continue
                 try:
-                    progressed |= self.step(name) > 0
+                    if not ready:
+                        self.ensure_checkpoints()
+                        ready = True
+                    progressed |= self._advance(name) > 0
                     backoff.pop(name, None)
-                except (ProjectionFailed, DBAPIError) as error:
+                except (ProjectionFailed, ProjectionBusy, DBAPIError) as error:
                     delay = min(max_backoff, backoff.get(name, poll_seconds / 2) * 2)
                     backoff[name], retry_at[name] = delay, time.monotonic() + delay
                     if isinstance(error, DBAPIError):
@@ -223,56 +238,114 @@ class ProjectionRunner:
             if not progressed:
                 stop.wait(poll_seconds)
 
+    def _advance(self, name: str) -> int:
+        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
+            at_start = self.checkpoint(conn, name).position == 0 and self.feed.head_in(conn).position > 0
+        if at_start:
+            self.rebuild([name])
+            return 1
+        return self.step(name)
+
     # -- rebuild and verify ---------------------------------------------------------------
     def rebuild(self, names: Iterable[str] | None = None, *,
                 progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None) -> Mark:
-        """Project the whole store afresh and swap the result in; the mark it was rebuilt to."""
+        """Project the whole store afresh and swap the result in; the mark it was rebuilt to.
+
+        Raises ProjectionBusy when another rebuild or verify of one of them is running."""
         chosen = [self.projectors[name] for name in self._names(names)]
         self.ensure_checkpoints()
-        with transaction(self.engine) as conn:
-            generations = {p.name: self._unused_generation(conn, p) for p in chosen}
-        mark = self._write_generation(chosen, generations, upto=None, progress=progress, total=total)
-        with transaction(self.engine) as conn:
+        with ExitStack() as held:
+            for projector in chosen:
+                held.enter_context(self._exclusive(projector.name))
+            generations = {}
+            for projector in chosen:
+                live = self._checkpoint_now(projector.name).generation
+                self._drop_all_but(projector, live)  # what an interrupted rebuild or verify left
+                generations[projector.name] = live + 1
+            mark = self._write_generation(chosen, generations, upto=None, progress=progress, total=total)
             old = {}
+            with transaction(self.engine) as conn:
+                for projector in chosen:
+                    old[projector.name] = self.checkpoint(conn, projector.name, lock=True).generation
+                    conn.execute(update(projection_checkpoints)
+                                 .where(projection_checkpoints.c.name == projector.name)
+                                 .values(generation=generations[projector.name], position=mark.position,
+                                         event_recorded_at=mark.recorded_at, updated_at=self.clock(),
+                                         failing=False))
             for projector in chosen:
-                old[projector.name] = self.checkpoint(conn, projector.name, lock=True).generation
-                conn.execute(update(projection_checkpoints)
-                             .where(projection_checkpoints.c.name == projector.name)
-                             .values(generation=generations[projector.name], position=mark.position,
-                                     event_recorded_at=mark.recorded_at, updated_at=self.clock(),
-                                     last_error=None, error_position=None, error_at=None))
-        with transaction(self.engine) as conn:
-            for projector in chosen:
-                _drop_generation(conn, projector, old[projector.name])
+                self._drop_generation(projector, old[projector.name])
         log.info("projections_rebuilt", projectors=[p.name for p in chosen], position=mark.position)
         return mark
 
     def verify(self, names: Iterable[str] | None = None, *,
                progress: Callable[[int], None] | None = None,
                total: Callable[[int], None] | None = None) -> dict[str, VerifyResult]:
-        """Rebuild each projector into scratch tables up to its checkpoint and compare with the live rows."""
+        """Rebuild each projector into scratch tables up to its checkpoint and compare with the live rows.
+
+        Raises ProjectionBusy when another rebuild or verify of one of them is running."""
         results = {}
         self.ensure_checkpoints()
         for name in self._names(names):
             projector = self.projectors[name]
-            with transaction(self.engine, write=False) as conn:
-                start = self.checkpoint(conn, name)
-            with transaction(self.engine) as conn:
-                _drop_generation(conn, projector, SCRATCH_GENERATION)
-            try:
-                self._write_generation([projector], {name: SCRATCH_GENERATION}, upto=start.position,
-                                       progress=progress, total=total)
-                results[name] = self._compare(projector, start)
-            finally:
-                with transaction(self.engine) as conn:
-                    _drop_generation(conn, projector, SCRATCH_GENERATION)
+            with self._exclusive(name):
+                start = self._checkpoint_now(name)
+                self._drop_all_but(projector, start.generation)
+                try:
+                    self._write_generation([projector], {name: SCRATCH_GENERATION}, upto=start.position,
+                                           progress=progress, total=total)
+                    results[name] = self._compare(projector, start)
+                finally:
+                    self._drop_generation(projector, SCRATCH_GENERATION)
         return results
 
-    def _unused_generation(self, conn: Connection, projector: Projector) -> int:
-        """The next generation, cleared of anything an interrupted rebuild left behind."""
-        generation = self.checkpoint(conn, projector.name).generation + 1
-        _drop_generation(conn, projector, generation)
-        return generation
+    def _checkpoint_now(self, name: str) -> Checkpoint:
+        with transaction(self.engine, write=False) as conn:
+            return self.checkpoint(conn, name)
+
+    @contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
+        """Hold, for the block, the one right to rebuild or verify projector ``name``.
+
+        PostgreSQL: a session advisory lock on a connection held for the block; SQLite: an
+        exclusive lock on a file beside the database. Both go with the process if it dies."""
+        if is_sqlite(self.engine):
+            database = make_url(str(self.engine.url)).database
+            if not database or database == ":memory:":
+                yield
+                return
+            import fcntl
+
+            with open(f"{database}.{name}.rebuild-lock", "w") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ProjectionBusy(f"a rebuild or verify of {name} is running") from None
+                yield
+            return
+        key = int.from_bytes(hashlib.sha256(f"casestudies.projection.{name}".encode()).digest()[:8], "big",
+                             signed=True)
+        with self.engine.connect() as conn:  # autocommit: holding it opens no transaction
+            if not conn.execute(select(func.pg_try_advisory_lock(key))).scalar():
+                raise ProjectionBusy(f"a rebuild or verify of {name} is running")
+            try:
+                yield
+            finally:
+                conn.execute(select(func.pg_advisory_unlock(key)))
+
+    def _drop_all_but(self, projector: Projector, live: int) -> None:
+        with transaction(self.engine) as conn:
+            for table in projector.tables:
+                conn.execute(delete(table).where(table.c.generation != live))
+
+    def _drop_generation(self, projector: Projector, generation: int) -> None:
+        """Delete a generation's rows a chunk of records per transaction, so as not to hold the feed back."""
+        for table in projector.tables:
+            while True:
+                with transaction(self.engine) as conn:
+                    ids = select(table.c.id).where(table.c.generation == generation).limit(DELETE_CHUNK)
+                    if conn.execute(delete(table).where(table.c.generation == generation,
+                                                        table.c.id.in_(ids.scalar_subquery()))).rowcount == 0:
+                        break
 
     def _write_generation(self, chosen: Sequence[Projector], generations: dict[str, int], *, upto: int | None,
                           progress: Callable[[int], None] | None,
@@ -296,7 +369,7 @@ class ProjectionRunner:
                 total(reader.execute(select(func.count()).select_from(events).where(condition)).scalar_one())
             query = select(*EVENT_COLUMNS).where(condition).order_by(events.c.stream_id, events.c.version)
             result = reader.execution_options(stream_results=True, yield_per=2000).execute(query)
-            for stream_id, stream in _streams(stored_event(row) for row in result):
+            for stream_id, stream in group_streams(stored_event(row) for row in result):
                 rows = project(stream_id, stream, chosen)
                 for projector in chosen:
                     pending[projector.name][stream_id] = rows[projector.name]
@@ -309,8 +382,10 @@ class ProjectionRunner:
         return mark
 
     def _compare(self, projector: Projector, start: Checkpoint) -> VerifyResult:
-        with transaction(self.engine) as conn:
-            now = self.checkpoint(conn, projector.name, lock=True)  # holds the runner off while comparing
+        # One read-only snapshot: the live rows and the checkpoint they were committed with agree,
+        # and no lock is taken, so the runner keeps going.
+        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
+            now = self.checkpoint(conn, projector.name)
             changed: set[str] = set()
             if now.position != start.position:
                 moved = select(events.c.stream_id).distinct().where(
@@ -322,43 +397,36 @@ class ProjectionRunner:
         return VerifyResult(start.mark(), differences, len(changed))
 
     # -- reading --------------------------------------------------------------------------
-    def status(self) -> list[dict[str, Any]]:
-        """Each projector's checkpoint, lag (events and seconds) and last error."""
+    def status(self) -> dict[str, Any]:
+        """Each projector's checkpoint, lag (events and seconds) and last error, and the feed's head."""
         now = self.clock()
         out = []
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
             head = self.feed.head_in(conn)
+            held_back = 0
             for name, projector in self.projectors.items():
                 checkpoint = self.checkpoint(conn, name)
                 lag: Lag = self.feed.lag(conn, checkpoint.position)
+                held_back = max(held_back, lag.held_back)
                 out.append({
                     "name": name,
                     "description": projector.description,
                     "generation": checkpoint.generation,
                     "checkpoint": checkpoint.mark().to_dict(),
                     "updated_at": checkpoint.updated_at.isoformat() if checkpoint.updated_at else None,
-                    "head": head.to_dict(),
                     "lag_events": lag.events,
-                    "lag_seconds": round((now - lag.oldest).total_seconds(), 3) if lag.oldest else 0.0,
+                    "lag_seconds": round(max(0.0, (now - lag.oldest).total_seconds()), 3) if lag.oldest else 0.0,
                     "failing": checkpoint.failing,
                     "last_error": None if checkpoint.last_error is None else {
                         "message": checkpoint.last_error,
-                        "position": checkpoint.error_position,
-                        "at": checkpoint.error_at.isoformat() if checkpoint.error_at else None,
+                        "position": checkpoint.last_error_position,
+                        "at": checkpoint.last_error_at.isoformat() if checkpoint.last_error_at else None,
                     },
                 })
-        return out
-
-
-def _streams(rows: Iterable[StoredEvent]) -> Iterable[tuple[str, list[StoredEvent]]]:
-    current: list[StoredEvent] = []
-    for event in rows:
-        if current and current[0].stream_id != event.stream_id:
-            yield current[0].stream_id, current
-            current = []
-        current.append(event)
-    if current:
-        yield current[0].stream_id, current
+            blocker = self.feed.oldest_open_writer(conn) if held_back else None
+        return {"head": head.to_dict(),
+                "held_back": {"events": held_back, "by_transaction": blocker},
+                "projectors": out}
 
 
 def _insert(conn: Connection, projector: Projector, generation: int, stream_rows: dict[str, Rows]) -> None:
@@ -388,11 +456,6 @@ def _replace(conn: Connection, projector: Projector, generation: int, stream_row
     for table in projector.tables:
         conn.execute(delete(table).where(table.c.generation == generation, table.c.id.in_(ids)))
     _insert(conn, projector, generation, stream_rows)
-
-
-def _drop_generation(conn: Connection, projector: Projector, generation: int) -> None:
-    for table in projector.tables:
-        conn.execute(delete(table).where(table.c.generation == generation))
 
 
 def _differences(conn: Connection, name: str, table, live_generation: int, skip: set[str]) -> list[Difference]:

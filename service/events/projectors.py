@@ -21,6 +21,7 @@ from service.domain.reporting import (
     Milestones,
     StatusHistory,
     approver_times,
+    is_candidate,
 )
 from service.events.store import StoredEvent
 from service.events.tables import (
@@ -120,7 +121,8 @@ class _CandidatesFold(Fold):
         return {candidates: [{"id": record.id, "status": record.state, "csm": record.csm,
                               "account_name": _account_name(record),
                               "kpi_improvement_pct": ready.kpi_improvement_pct, "best_metric": ready.best_metric,
-                              "nps": ready.nps, "msa_clear": ready.msa_clear, "candidate": ready.candidate,
+                              "nps": ready.nps, "msa_clear": ready.msa_clear,
+                              "candidate": is_candidate(record, self.threshold),
                               "candidate_since": self.history.since}]}
 
 
@@ -138,11 +140,27 @@ def projectors(kpi_threshold_pct: float) -> dict[str, Projector]:
     )}
 
 
+class EventNotProjected(Exception):
+    """Projecting a stream failed at ``event`` (a stream the domain refuses, or a projector's bug)."""
+
+    def __init__(self, event: StoredEvent, error: Exception):
+        super().__init__(f"stream {event.stream_id}, version {event.version} ({event.type}) at position "
+                         f"{event.position}: {type(error).__name__}: {error}")
+        self.event = event
+
+
 def project(stream_id: str, events: Sequence[StoredEvent], chosen: Sequence[Projector]) -> dict[str, Rows]:
-    """The rows each chosen projector keeps for one stream (its events, oldest first)."""
+    """The rows each chosen projector keeps for one stream (its events, oldest first).
+
+    Raises EventNotProjected naming the event at which projecting failed."""
     folds = [projector.fold() for projector in chosen]
     record = CaseStudy(id=stream_id)
-    for event, record in replay_steps(stream_id, events):
-        for fold in folds:
-            fold.step(event, record)
-    return {projector.name: fold.rows(record, events) for projector, fold in zip(chosen, folds)}
+    done = 0
+    try:
+        for event, record in replay_steps(stream_id, events):
+            for fold in folds:
+                fold.step(event, record)
+            done += 1
+        return {projector.name: fold.rows(record, events) for projector, fold in zip(chosen, folds)}
+    except Exception as error:  # whatever it is, it is reported with the event it happened at
+        raise EventNotProjected(events[min(done, len(events) - 1)], error) from error

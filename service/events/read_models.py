@@ -96,7 +96,7 @@ class ReadModels:
             if code:
                 query = query.where(table.c.code == code)
             rows = [dict(row) for row in conn.execute(
-                query.order_by(table.c.csm, table.c.since, table.c.id, table.c.seq)).mappings()]
+                query.order_by(func.coalesce(table.c.csm, ""), table.c.since, table.c.id, table.c.seq)).mappings()]
         return Answer(rows, "blockers", checkpoint.mark())
 
     def cycle_times(self, *, start: datetime | None = None, end: datetime | None = None,

@@ -16,7 +16,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import orjson
 import structlog
@@ -388,12 +388,16 @@ class EventStore:
             if stream_id is not None:
                 query = query.where(events.c.stream_id == stream_id)
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
-            current: list[StoredEvent] = []
-            for row in result:
-                event = stored_event(row)
-                if current and current[0].stream_id != event.stream_id:
-                    yield current[0].stream_id, current
-                    current = []
-                current.append(event)
-            if current:
-                yield current[0].stream_id, current
+            yield from group_streams(stored_event(row) for row in result)
+
+
+def group_streams(ordered: Iterable[StoredEvent]) -> Iterator[tuple[str, list[StoredEvent]]]:
+    """Events ordered by stream (then version), one stream's list at a time."""
+    current: list[StoredEvent] = []
+    for event in ordered:
+        if current and current[0].stream_id != event.stream_id:
+            yield current[0].stream_id, current
+            current = []
+        current.append(event)
+    if current:
+        yield current[0].stream_id, current

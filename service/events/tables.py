@@ -139,9 +139,10 @@ projection_checkpoints = Table(
     Column("position", BigInteger, nullable=False),  # the last event read (0: none)
     Column("event_recorded_at", UTCDateTime),  # when that event was recorded
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("failing", Boolean, nullable=False),  # the last batch failed (cleared by one that succeeds)
     Column("last_error", Text),
-    Column("error_position", BigInteger),
-    Column("error_at", UTCDateTime),
+    Column("last_error_position", BigInteger),  # the event it failed on
+    Column("last_error_at", UTCDateTime),
 )
 
 

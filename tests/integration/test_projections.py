@@ -30,7 +30,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from service import create_app, migrations
 from service.bootstrap import build
@@ -38,7 +38,8 @@ from service.config import Settings
 from service.domain.reporting import BLOCKER_CODES
 from service.domain.stuck import STUCK_CODES
 from service.events.db import make_engine, transaction
-from service.events.projecting import ProjectionFailed, ProjectionRunner
+from service.events.feed import NotYetReadable
+from service.events.projecting import ProjectionBusy, ProjectionFailed, ProjectionRunner
 from service.events.projectors import projectors
 from service.events.store import EventStore, NewEvent
 from service.events.tables import blockers, pipeline_records
@@ -169,6 +170,7 @@ def test_blockers_at_a_past_moment_are_those_that_held_then(world):
                                                                             ("await-long", "legal")}
     cleared = next(item for item in answer["items"] if item["id"] == "changes")
     assert cleared["until"] == day(11, 16).isoformat()
+    assert cleared["days"] == 1  # blocked from 11-13 09:00 to the as_of, not to when it was cleared
 
 
 def test_cycle_times_give_median_and_p90_per_quarter_for_each_stage_and_approver_role(world):
@@ -249,6 +251,13 @@ def test_the_weekly_report_answers_the_review_for_the_fixture(world):
     assert "<h2 id=\"stuck\">Stuck (6)</h2>" in page and "drop the revenue figure" in page
 
 
+@pytest.mark.parametrize("path", ["/reports/weekly", "/projections/blockers", "/projections/stuck"])
+def test_a_reference_time_out_of_range_is_400_not_500(world, path):
+    _services, client, reader, _writer = world
+    answer = client.get(path, query_string={"as_of": "0001-01-01"}, headers=reader)
+    assert answer.status_code == 400 and answer.get_json()["code"] == "invalid_parameter"
+
+
 def test_the_weekly_report_is_served_as_json_markdown_and_html(world):
     as_json = get(world, "/reports/weekly", as_of=AS_OF.isoformat()).get_json()
     assert as_json["stuck"]["count"] == 6
@@ -321,7 +330,7 @@ def test_a_projector_that_fails_keeps_its_checkpoint_and_reports_the_event(empty
     ip_idle_started = next(e for e in store.load("ip-idle") if e.type == "started")
     store.append("ip-idle", [NewEvent("quote_added", {"text": "boom", "speaker": "Jo"}, occurred_at=day(9, 6))],
                  actor="fixture")
-    before = runner.status()
+    before = runner.status()["projectors"]
 
     broken = dict(runner.projectors)
     real = broken["candidates"]
@@ -342,7 +351,7 @@ def test_a_projector_that_fails_keeps_its_checkpoint_and_reports_the_event(empty
     failing = ProjectionRunner(services.engine, services.feed, broken)
     with pytest.raises(ProjectionFailed):
         failing.catch_up(["candidates"])
-    status = {row["name"]: row for row in failing.status()}["candidates"]
+    status = {row["name"]: row for row in failing.status()["projectors"]}["candidates"]
     assert status["failing"] is True and status["lag_events"] == 1
     assert "cannot project this quote" in status["last_error"]["message"]
     assert status["last_error"]["position"] == store.load("ip-idle")[-1].position
@@ -350,7 +359,7 @@ def test_a_projector_that_fails_keeps_its_checkpoint_and_reports_the_event(empty
     assert ip_idle_started.position < status["last_error"]["position"]
 
     runner.catch_up(["candidates"])  # the fixed projector gets past it
-    healed = {row["name"]: row for row in runner.status()}["candidates"]
+    healed = {row["name"]: row for row in runner.status()["projectors"]}["candidates"]
     assert healed["failing"] is False and healed["lag_events"] == 0
     assert healed["last_error"] is not None  # the error stays visible after recovery
 
@@ -395,10 +404,10 @@ def test_status_shows_lag_in_events_and_seconds_until_the_projectors_catch_up(em
     load(store, {"ns-late"})
     services.runner.catch_up()
     load(store, {"declined"})
-    lagging = {row["name"]: row for row in services.runner.status()}
+    lagging = {row["name"]: row for row in services.runner.status()["projectors"]}
     assert all(row["lag_events"] == 2 and row["lag_seconds"] > 0 for row in lagging.values())
     services.runner.catch_up()
-    assert all(row["lag_events"] == 0 and row["lag_seconds"] == 0 for row in services.runner.status())
+    assert all(row["lag_events"] == 0 and row["lag_seconds"] == 0 for row in services.runner.status()["projectors"])
 
 
 def test_the_worker_loop_follows_new_events_until_stopped(empty):
@@ -411,7 +420,7 @@ def test_the_worker_loop_follows_new_events_until_stopped(empty):
         head = services.feed.head().position
         deadline = datetime.now(UTC).timestamp() + 10
         while datetime.now(UTC).timestamp() < deadline:
-            if all(row["checkpoint"]["position"] == head for row in services.runner.status()):
+            if all(row["checkpoint"]["position"] == head for row in services.runner.status()["projectors"]):
                 break
             stop.wait(0.05)
         assert services.read_models.pipeline().value["total"] == 2
@@ -434,3 +443,74 @@ def test_stuck_from_the_state_table_equals_stuck_from_a_replay(world, as_of):
     from_state = found(projections.stuck(as_of=as_of, now=as_of))
     by_replay = found(projections.stuck(as_of=as_of, now=as_of + timedelta(seconds=1)))
     assert from_state == by_replay and len(from_state) >= 6
+
+
+def test_a_second_rebuild_or_verify_of_a_projector_is_refused_while_one_runs(empty):
+    services, store = empty
+    load(store, {"ns-late"})
+    runner = services.runner
+    runner.catch_up()
+    with runner._exclusive("pipeline"):
+        with pytest.raises(ProjectionBusy):
+            runner.rebuild(["pipeline"])
+        with pytest.raises(ProjectionBusy):
+            runner.verify(["pipeline"])
+        assert runner.rebuild(["blockers"]).position > 0  # other projectors are not held up
+    assert runner.rebuild(["pipeline"]).position > 0
+
+
+def test_a_rebuild_clears_what_an_interrupted_one_left_behind(empty):
+    services, store = empty
+    load(store, {"ns-late", "declined"})
+    runner = services.runner
+    runner.catch_up()
+    with transaction(services.engine) as conn:  # rows of a rebuild that died before its swap
+        conn.execute(pipeline_records.insert().values(generation=2, id="ghost", status="published", csm="X"))
+    runner.rebuild(["pipeline"])
+    with services.engine.connect() as conn:
+        assert conn.execute(select(pipeline_records.c.id).where(pipeline_records.c.id == "ghost")).first() is None
+    assert services.read_models.pipeline().value["total"] == 2
+
+
+def test_a_worker_that_finds_a_projector_at_the_start_of_a_full_store_rebuilds_it(empty):
+    services, store = empty
+    load(store)
+    stop = threading.Event()
+    worker = threading.Thread(target=services.runner.run, args=(stop,), kwargs={"poll_seconds": 0.05})
+    worker.start()
+    try:
+        deadline = datetime.now(UTC).timestamp() + 20
+        while any(row["lag_events"] for row in services.runner.status()["projectors"]):
+            assert datetime.now(UTC).timestamp() < deadline, "the worker did not catch up"
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        worker.join(10)
+    with services.engine.connect() as conn:
+        assert conn.execute(select(pipeline_records.c.generation).distinct()).scalars().all() == [2]
+    assert services.read_models.pipeline().value["total"] == len(PIPELINE)
+
+
+@pytest.mark.parametrize("fresh_database", ["postgres"], indirect=True)
+def test_status_shows_events_an_open_transaction_holds_back_and_who_holds_them(fresh_database):
+    engine = fresh_database.engine
+    migrations.upgrade(engine)
+    services = build(Settings(database_url=fresh_database.url, log_format="json"), engine=engine)
+    store = EventStore(engine, clock=lambda: RECORDED)
+    load(store, {"ns-late"})
+    services.runner.catch_up()
+    with engine.connect() as holder:
+        holder.execution_options(isolation_level="READ COMMITTED")
+        with holder.begin():
+            holder.execute(select(func.pg_current_xact_id()))  # a transaction id, as a writer would take
+            pid = holder.execute(select(func.pg_backend_pid())).scalar()
+            appended = store.append("declined", [NewEvent(t, d, occurred_at=at) for t, d, at in PIPELINE["declined"]],
+                                    actor="fixture")
+            status = services.runner.status()
+            assert status["held_back"]["events"] == 2 and status["held_back"]["by_transaction"]["pid"] == pid
+            assert all(row["lag_events"] == 2 and row["lag_seconds"] > 0 for row in status["projectors"])
+            with pytest.raises(NotYetReadable):
+                services.feed.read(after=appended.position)
+    status = services.runner.status()
+    assert status["held_back"] == {"events": 0, "by_transaction": None}
+    assert services.feed.read(after=services.feed.head().position).events == []

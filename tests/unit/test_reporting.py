@@ -137,6 +137,10 @@ def test_a_record_becomes_a_candidate_when_kpis_improve_enough_and_nps_is_a_prom
         ("committed", COMMITTED, 0), (*BASELINE, 1), (*CURRENT, 2), ("nps_recorded", {"score": 9}, 3),
         ("nps_recorded", {"score": 6}, 4)))
     assert fold_lost.since is None
+    declined = fold(CandidateHistory(20.0), events(
+        ("committed", COMMITTED, 0), (*BASELINE, 1), (*CURRENT, 2), ("nps_recorded", {"score": 9}, 3),
+        ("declined", {"reason": "new CEO"}, 4)))
+    assert declined.since is None
     assert fold(CandidateHistory(60.0), events(("committed", COMMITTED, 0), (*BASELINE, 1), (*CURRENT, 2),
                                                ("nps_recorded", {"score": 10}, 3))).since is None
 
