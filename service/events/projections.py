@@ -12,6 +12,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from service.domain import CaseStudy, StuckFinding, StuckThresholds, stuck_findings
 from service.domain.model import Status
+from service.events.db import transaction
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
 from service.events.tables import case_studies
@@ -110,6 +111,8 @@ class Projections:
         query = select(case_studies.c.state).where(self._may_be_stuck(as_of))
         if csm:
             query = query.where(case_studies.c.csm == csm)
-        with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                yield CaseStudy.from_dict(row.state)
+        with transaction(self.engine, write=False) as conn:  # a server-side cursor needs one
+            # Fetched a thousand at a time (one row at a time costs more than the rules).
+            for states in conn.execution_options(yield_per=1000).execute(query).scalars().partitions():
+                for state in states:
+                    yield CaseStudy.from_dict(state)
