@@ -133,3 +133,21 @@ def keys(services) -> dict[str, str]:
 def unique_id(prefix: str = "cs") -> str:
     """A stream id no other test uses, so tests can share one database."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def settle(feed, timeout: float = 15.0) -> None:
+    """Wait until the feed hands out every committed event.
+
+    Transaction ids are server-wide: any writing transaction open on the same PostgreSQL server
+    (another test database, a benchmark) briefly holds the feed back, by design."""
+    import time
+
+    from service.events.db import transaction
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with transaction(feed.engine, isolation="REPEATABLE READ", write=False) as conn:
+            if feed.lag(conn, feed.head_in(conn).position).events == 0:
+                return
+        assert time.monotonic() < deadline, "an open transaction on the server held the feed back"
+        time.sleep(0.02)

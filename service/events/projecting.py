@@ -274,6 +274,7 @@ class ProjectionRunner:
                                          failing=False))
             for projector in chosen:
                 self._drop_generation(projector, old[projector.name])
+                self._analyze(projector)
         log.info("projections_rebuilt", projectors=[p.name for p in chosen], position=mark.position)
         return mark
 
@@ -331,6 +332,15 @@ class ProjectionRunner:
                 yield
             finally:
                 conn.execute(select(func.pg_advisory_unlock(key)))
+
+    def _analyze(self, projector: Projector) -> None:
+        """Give PostgreSQL's planner statistics for tables a rebuild has just filled, rather than
+        leave queries planned for empty tables until autovacuum (if it is on) gets to them."""
+        if is_sqlite(self.engine):
+            return
+        with self.engine.connect() as conn:  # autocommit: ANALYZE of each table on its own
+            for table in projector.tables:
+                conn.exec_driver_sql(f"ANALYZE {table.name}")
 
     def _drop_all_but(self, projector: Projector, live: int) -> None:
         with transaction(self.engine) as conn:

@@ -7,7 +7,7 @@ import pytest
 
 from service.events.feed import Feed, UnknownPosition
 from service.events.store import EventStore, NewEvent
-from tests.conftest import unique_id
+from tests.conftest import settle, unique_id
 from tests.factories import COMMITTED
 
 
@@ -89,6 +89,7 @@ def test_the_feed_pages_through_every_event_once_and_filters_by_type(services):
     streams = [unique_id("feed") for _ in range(5)]
     for stream in streams:
         services.store.append(stream, [NewEvent("committed", COMMITTED), NewEvent("started", {})], actor="tests")
+    settle(feed)
     seen, after = follow(feed, start, limit=3)
     mine = [(e.stream_id, e.version) for e in seen if e.stream_id in streams]
     assert mine == [(stream, version) for stream in streams for version in (1, 2)]
@@ -120,6 +121,7 @@ def test_get_events_pages_the_feed_with_the_position_to_continue_from(client, ke
     start = services.feed.head().position
     stream = unique_id("http-feed")
     services.store.append(stream, [NewEvent("committed", COMMITTED), NewEvent("started", {})], actor="tests")
+    settle(services.feed)
     first = client.get("/events", query_string={"after": start, "limit": 1}, headers=_auth(keys["reader"])).get_json()
     assert first["count"] == 1 and first["events"][0]["stream_id"] == stream
     assert first["events"][0]["type"] == "committed" and first["next_after"] == first["events"][0]["position"]
@@ -142,8 +144,10 @@ def test_bad_feed_parameters_are_400_with_a_code(client, keys, query, code):
 
 
 def test_projection_status_lists_every_projector_with_checkpoint_lag_and_error(client, keys, services):
+    settle(services.feed)
     services.runner.catch_up()
     services.store.append(unique_id("lag"), [NewEvent("committed", COMMITTED)], actor="tests")
+    settle(services.feed)
     answer = client.get("/projections/status", headers=_auth(keys["reader"])).get_json()
     assert [p["name"] for p in answer["projectors"]] == ["pipeline", "blockers", "cycle_times", "candidates"]
     assert all(p["lag_events"] == 1 and p["failing"] is False for p in answer["projectors"])
