@@ -1,6 +1,8 @@
-"""Run the benchmarks end to end and print a summary: ``python -m bench [http] [length] [store] [breakdown]``.
+"""Run the benchmarks end to end and print a summary:
+``python -m bench [http] [length] [store] [breakdown] [projections]``.
 
-With no arguments everything runs (about 3-4 minutes). Raw results go to bench/results/latest.json.
+With no arguments everything runs (about 13 minutes, 9 of them projections). Raw results go to
+bench/results/latest.json.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 
 from bench.common import _TICK, RESULTS, ROOT, _busy_ticks, log, pg_admin
 
-PARTS = ("http", "length", "store", "breakdown")
+PARTS = ("http", "length", "store", "breakdown", "projections")
 
 
 def _background_busy(seconds: float = 1.0) -> float:
@@ -125,6 +127,51 @@ def summary(results: dict) -> str:
             rows.append((f"       {bd['labels'][key].strip()}",
                          f"CPU {us[key]['cpu_us']:.0f} us, wall {us[key]['wall_us']:.0f} us", "", "", ""))
 
+    proj = results.get("projections")
+    if proj:
+        n = proj["data"]["events"]
+        for backend in ("postgresql", "sqlite"):
+            r = proj.get(backend)
+            if not r:
+                continue
+            rows.append((f"(d1) rebuild of {n:,} events vs raw read, {backend}",
+                         f"rebuild {r['rebuild']['events_per_s']:,.0f} ev/s, raw read {r['raw_events_per_s']:,.0f} ev/s",
+                         f"{r['ratio_rebuild_to_raw']:.2f}x", "(info)", ""))
+            m = r["peak_rss_mib"]
+            rows.append((f"    peak RSS ({'VmHWM' if m['measure'] == 'vmhwm_mib' else 'ru_maxrss'}): "
+                         "connected / small / full rebuild",
+                         f"{m['baseline']:.0f} / {m['rebuild_small']:.0f} ({r['rebuild_small']['events']:,} ev) / "
+                         f"{m['rebuild']:.0f} MiB ({r['rebuild']['events']:,} ev)",
+                         f"+{m['rebuild'] - m['baseline']:.0f} MiB", "", ""))
+            if "machine" in r["rebuild"]:
+                rows.append(("    machine busy/steal/iowait: raw reads, full, small rebuild",
+                             ", ".join(f"{x['machine']['busy_pct']:.0f}/{x['machine']['steal_pct']:.0f}/"
+                                       f"{x['machine'].get('iowait_pct', 0):.0f}%"
+                                       for x in (*r["raw_read"], r["rebuild"], r["rebuild_small"])),
+                             "", "", ""))
+        for backend, e in proj.get("endpoints", {}).items():
+            for name in ("stuck", "pipeline", "pipeline_after_analyze"):
+                x = e.get(name)
+                if x is None:
+                    continue
+                size = f"{x['response_bytes'] / 1e6:.1f} MB" if x["response_bytes"] >= 1e5 else \
+                    f"{x['response_bytes'] / 1e3:.1f} kB"
+                label = "pipeline, after ANALYZE" if name == "pipeline_after_analyze" else name
+                steal = f" (steal {x['machine']['steal_pct']:.0f}%)" if "machine" in x else ""
+                rows.append((f"(d2) GET /projections/{label}, {backend}, {proj['config']['records']:,} records",
+                             f"p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms{steal}",
+                             f"{x['requests']} requests, {size}", "(info)", ""))
+            if not e.get("no_projectors_flag", True):
+                notes.append(f"(d2) {backend}: `casestudies serve` had no --no-projectors flag; "
+                             "served with the projector beside it")
+        settings = proj.get("postgresql_settings") or {}
+        if settings.get("autovacuum") == "off":
+            notes.append("(d2) autovacuum is off on this PostgreSQL server: nothing analyzes the projection "
+                         "tables after a rebuild, hence the two pipeline rows")
+        if any(proj.get(b, {}).get("ru_maxrss_inherited_from_parent") for b in ("postgresql", "sqlite")):
+            notes.append("(d1) ru_maxrss of a child was its parent's peak (Linux keeps it across exec): "
+                         "peak RSS shown is VmHWM")
+
     widths = [max(len(r[i]) for r in rows + [("Benchmark", "Measured", "Ratio", "Target", "Met")])
               for i in range(5)]
     lines = []
@@ -171,6 +218,10 @@ def main(argv: list[str]) -> None:
         from bench import breakdown
         log("== diagnostic: CPU per step of one append request")
         results["breakdown"] = breakdown.run()
+    if "projections" in parts:
+        from bench import projections
+        log("== (d) projections: rebuild rate and memory, reporting endpoints at scale")
+        results["projections"] = projections.run()
     results["elapsed_s"] = time.perf_counter() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
