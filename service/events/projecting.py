@@ -229,12 +229,14 @@ class ProjectionRunner:
                         ready = True
                     progressed |= self._advance(name) > 0
                     backoff.pop(name, None)
-                except (ProjectionFailed, ProjectionBusy, DBAPIError) as error:
+                except Exception as error:  # the worker outlives any one failure; it retries with backoff
                     delay = min(max_backoff, backoff.get(name, poll_seconds / 2) * 2)
                     backoff[name], retry_at[name] = delay, time.monotonic() + delay
                     if isinstance(error, DBAPIError):
                         log.warning("projection_database_error", projector=name, retry_in=delay,
                                     error=str(error.orig).splitlines()[0] if error.orig else str(error))
+                    elif not isinstance(error, (ProjectionFailed, ProjectionBusy)):
+                        log.exception("projection_unexpected_error", projector=name, retry_in=delay)
             if not progressed:
                 stop.wait(poll_seconds)
 
@@ -262,7 +264,12 @@ class ProjectionRunner:
                 live = self._checkpoint_now(projector.name).generation
                 self._drop_all_but(projector, live)  # what an interrupted rebuild or verify left
                 generations[projector.name] = live + 1
-            mark = self._write_generation(chosen, generations, upto=None, progress=progress, total=total)
+            try:
+                mark = self._write_generation(chosen, generations, upto=None, progress=progress, total=total)
+            except ProjectionFailed as failure:
+                for projector in chosen:
+                    self._record_error(ProjectionFailed(projector.name, failure.__cause__))
+                raise
             old = {}
             with transaction(self.engine) as conn:
                 for projector in chosen:
@@ -380,7 +387,10 @@ class ProjectionRunner:
             query = select(*EVENT_COLUMNS).where(condition).order_by(events.c.stream_id, events.c.version)
             result = reader.execution_options(stream_results=True, yield_per=2000).execute(query)
             for stream_id, stream in group_streams(stored_event(row) for row in result):
-                rows = project(stream_id, stream, chosen)
+                try:
+                    rows = project(stream_id, stream, chosen)
+                except EventNotProjected as error:
+                    raise ProjectionFailed(", ".join(p.name for p in chosen), error) from error
                 for projector in chosen:
                     pending[projector.name][stream_id] = rows[projector.name]
                     buffered += sum(len(table_rows) for table_rows in rows[projector.name].values())

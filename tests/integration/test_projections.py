@@ -42,7 +42,7 @@ from service.events.feed import Feed, NotYetReadable
 from service.events.projecting import ProjectionBusy, ProjectionFailed, ProjectionRunner
 from service.events.projectors import projectors
 from service.events.store import EventStore, NewEvent
-from service.events.tables import blockers, pipeline_records
+from service.events.tables import blockers, pipeline_records, projection_checkpoints
 from service.events.weekly import to_html, to_markdown, weekly_report
 from tests.conftest import _drop_postgres, _fresh_postgres, settle
 
@@ -523,3 +523,43 @@ def test_status_shows_events_an_open_transaction_holds_back_and_who_holds_them(f
     settle(services.feed)
     assert services.runner.status()["held_back"] == {"events": 0, "by_transaction": None}
     assert services.feed.read(after=services.feed.head().position).events == []
+
+
+def test_a_rebuild_that_cannot_project_a_stream_keeps_the_live_model_and_reports_the_event(empty):
+    services, store = empty
+    load(store, {"ns-late", "ip-idle"})
+    runner = services.runner
+    runner.catch_up()
+    real = runner.projectors["pipeline"]
+
+    class Exploding:
+        def __init__(self):
+            self.inner = real.fold()
+
+        def step(self, event, record):
+            if event.type == "metrics_recorded":
+                raise RuntimeError("cannot project metrics")
+            self.inner.step(event, record)
+
+        def rows(self, record, events):
+            return self.inner.rows(record, events)
+
+    broken = ProjectionRunner(services.engine, services.feed,
+                              {"pipeline": type(real)(real.name, real.tables, Exploding, real.description)})
+    with pytest.raises(ProjectionFailed):
+        broken.rebuild(["pipeline"])
+    [status] = [row for row in runner.status()["projectors"] if row["name"] == "pipeline"]
+    metrics = next(e for e in store.load("ip-idle") if e.type == "metrics_recorded")
+    assert status["failing"] and status["last_error"]["position"] == metrics.position
+    assert status["generation"] == 1 and services.read_models.pipeline().value["total"] == 2
+
+    stop = threading.Event()  # a worker meeting the same failure keeps running and retrying
+    stop_after = threading.Timer(0.5, stop.set)
+    stop_after.start()
+    with transaction(services.engine) as conn:  # as if the projector were new: the worker rebuilds it
+        conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == "pipeline")
+                     .values(position=0))
+    broken.run(stop, poll_seconds=0.05)  # returns when stopped, having failed and retried meanwhile
+    stop_after.join()
+    [status] = [row for row in runner.status()["projectors"] if row["name"] == "pipeline"]
+    assert status["failing"] and status["checkpoint"]["position"] == 0
