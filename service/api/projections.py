@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request, url_for
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
@@ -63,13 +63,23 @@ def blockers():
     """What blocks publication, per record: now, or at business time ``as_of``."""
     as_csv = params.wants_csv()
     as_of = params.as_of()
+    limit = params.bounded_int("limit", 1000, 1, 10_000)
     answer = services().read_models.blockers(as_of=as_of, csm=params.text("csm"),
-                                             code=params.choice("code", BLOCKER_CODES))
+                                             code=params.choice("code", BLOCKER_CODES), limit=limit,
+                                             cursor=params.text("cursor", 1000))
     items = blocker_items(answer, as_of or utcnow())
+    next_url = None
+    if answer.next_cursor:
+        given = {key: value for key, value in request.args.items() if key in ("as_of", "csm", "code", "format")}
+        next_url = url_for("projections.blockers", **given, limit=limit, cursor=answer.next_cursor)
     if as_csv:
-        return _csv(answer, BLOCKER_COLUMNS, ([item[c] for c in BLOCKER_COLUMNS] for item in items), "blockers.csv")
+        response = _csv(answer, BLOCKER_COLUMNS, ([item[c] for c in BLOCKER_COLUMNS] for item in items),
+                        "blockers.csv")
+        if next_url:
+            response.headers["Link"] = f'<{next_url}>; rel="next"'
+        return response
     return {"as_of": _iso(as_of), "count": len(items), "records": len({i["id"] for i in items}), "items": items,
-            "projection": answer.projection()}
+            "next_cursor": answer.next_cursor, "next": next_url, "projection": answer.projection()}
 
 
 @bp.get("/projections/cycle-times")

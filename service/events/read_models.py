@@ -6,18 +6,22 @@ never seen half done.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select
+import orjson
+from sqlalchemy import Connection, Engine, and_, func, literal, or_, select, tuple_
 
 from service.domain import STATUS_LABELS
 from service.domain.reporting import STAGES, quarter_of, summarise
 from service.events.db import transaction
 from service.events.feed import Mark
 from service.events.projecting import Checkpoint, ProjectionRunner
+from service.events.projections import BadCursor
 from service.events.tables import (
     approver_times,
     blockers,
@@ -35,6 +39,7 @@ class Answer:
     value: Any
     projector: str
     read_to: Mark
+    next_cursor: str | None = None  # where the next page starts, for a paged answer
 
     def projection(self) -> dict[str, Any]:
         return {"name": self.projector, **self.read_to.to_dict()}
@@ -81,10 +86,13 @@ class ReadModels:
                 .group_by(table.c.csm, table.c.status)).all()
         return Answer(_counts(rows), "pipeline", checkpoint.mark())
 
-    def blockers(self, *, as_of: datetime | None = None, csm: str | None = None,
-                 code: str | None = None) -> Answer:
-        """What blocks publication: open blockers now, or those that held at business time ``as_of``."""
+    def blockers(self, *, as_of: datetime | None = None, csm: str | None = None, code: str | None = None,
+                 limit: int | None = None, cursor: str | None = None) -> Answer:
+        """What blocks publication: open blockers now, or those that held at business time ``as_of``.
+
+        Ordered by CSM, since, record; with ``limit``, one page, and ``next_cursor`` continues."""
         table = blockers
+        key = (func.coalesce(table.c.csm, ""), table.c.since, table.c.id, table.c.seq)
         with self._reading("blockers") as (conn, checkpoint):
             query = select(table).where(table.c.generation == checkpoint.generation)
             if as_of is None:
@@ -95,9 +103,19 @@ class ReadModels:
                 query = query.where(table.c.csm == csm)
             if code:
                 query = query.where(table.c.code == code)
-            rows = [dict(row) for row in conn.execute(
-                query.order_by(func.coalesce(table.c.csm, ""), table.c.since, table.c.id, table.c.seq)).mappings()]
-        return Answer(rows, "blockers", checkpoint.mark())
+            if cursor:
+                query = query.where(tuple_(*key) > tuple_(*(literal(v, type_=c.type) for v, c in zip(
+                    _decode_blocker_cursor(cursor), (table.c.csm, table.c.since, table.c.id, table.c.seq)))))
+            query = query.order_by(*key)
+            if limit is not None:
+                query = query.limit(limit + 1)
+            rows = [dict(row) for row in conn.execute(query).mappings()]
+        next_cursor = None
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = _encode_blocker_cursor(last["csm"] or "", last["since"], last["id"], last["seq"])
+        return Answer(rows, "blockers", checkpoint.mark(), next_cursor)
 
     def cycle_times(self, *, start: datetime | None = None, end: datetime | None = None,
                     csm: str | None = None) -> Answer:
@@ -156,6 +174,24 @@ class ReadModels:
                        table.c.to_at >= start, table.c.to_at < end)
                 .order_by(table.c.to_at, table.c.id)).mappings()]
         return Answer(rows, "cycle_times", checkpoint.mark())
+
+
+def _encode_blocker_cursor(csm: str, since: datetime, stream_id: str, seq: int) -> str:
+    raw = orjson.dumps([csm, since.isoformat(), stream_id, seq])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_blocker_cursor(cursor: str) -> tuple[str, datetime, str, int]:
+    try:
+        csm, since, stream_id, seq = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = (csm, datetime.fromisoformat(since), stream_id, seq)
+        valid = (isinstance(csm, str) and isinstance(stream_id, str) and type(seq) is int
+                 and value[1].tzinfo is not None and _encode_blocker_cursor(*value) == cursor)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        valid = False
+    if not valid:
+        raise BadCursor("cursor is not one this service handed out")
+    return value
 
 
 def _period(query, table, moment, checkpoint: Checkpoint, start, end, csm):

@@ -563,3 +563,21 @@ def test_a_rebuild_that_cannot_project_a_stream_keeps_the_live_model_and_reports
     stop_after.join()
     [status] = [row for row in runner.status()["projectors"] if row["name"] == "pipeline"]
     assert status["failing"] and status["checkpoint"]["position"] == 0
+
+
+def test_blockers_page_through_every_row_once_in_json_and_csv(world):
+    whole = get(world, "/projections/blockers").get_json()
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = get(world, "/projections/blockers", limit=4, **({"cursor": cursor} if cursor else {})).get_json()
+        seen += [(i["id"], i["code"], i["subject"]) for i in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [(i["id"], i["code"], i["subject"]) for i in whole["items"]] and pages == 4  # 13 rows
+    first = get(world, "/projections/blockers", limit=4, format="csv")
+    assert len(rows_of(first)) == 4 and 'rel="next"' in first.headers["Link"]
+    _services, client, reader, _writer = world
+    bad = client.get("/projections/blockers", query_string={"cursor": "bm9wZQ"}, headers=reader)
+    assert bad.status_code == 400 and bad.get_json()["code"] == "invalid_parameter"
