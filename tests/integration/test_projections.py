@@ -40,7 +40,7 @@ from service.domain.stuck import STUCK_CODES
 from service.events.db import make_engine, transaction
 from service.events.feed import Feed, NotYetReadable
 from service.events.projecting import ProjectionBusy, ProjectionFailed, ProjectionRunner
-from service.events.projectors import projectors
+from service.events.projectors import Projector, projectors
 from service.events.store import EventStore, NewEvent
 from service.events.tables import blockers, pipeline_records, projection_checkpoints
 from service.events.weekly import to_html, to_markdown, weekly_report
@@ -299,6 +299,24 @@ def load(store: EventStore, names=None) -> None:
     settle(Feed(store.engine))
 
 
+def exploding(real: Projector, event_type: str, message: str) -> Projector:
+    """``real``, except that it fails on every event of ``event_type`` (a projector with a bug)."""
+
+    class Exploding:
+        def __init__(self):
+            self.inner = real.fold()
+
+        def step(self, event, record):
+            if event.type == event_type:
+                raise RuntimeError(message)
+            self.inner.step(event, record)
+
+        def rows(self, record, events):
+            return self.inner.rows(record, events)
+
+    return Projector(real.name, real.tables, Exploding, real.description)
+
+
 def table_rows(engine, table) -> list[tuple]:
     with engine.connect() as conn:
         return sorted(tuple(map(str, row)) for row in conn.execute(select(table)))
@@ -335,22 +353,8 @@ def test_a_projector_that_fails_keeps_its_checkpoint_and_reports_the_event(empty
     settle(services.feed)
     before = runner.status()["projectors"]
 
-    broken = dict(runner.projectors)
-    real = broken["candidates"]
-
-    class Exploding:
-        def __init__(self):
-            self.inner = real.fold()
-
-        def step(self, event, record):
-            if event.type == "quote_added":
-                raise RuntimeError("cannot project this quote")
-            self.inner.step(event, record)
-
-        def rows(self, record, events):
-            return self.inner.rows(record, events)
-
-    broken["candidates"] = type(real)(real.name, real.tables, Exploding, real.description)
+    broken = {**runner.projectors,
+              "candidates": exploding(runner.projectors["candidates"], "quote_added", "cannot project this quote")}
     failing = ProjectionRunner(services.engine, services.feed, broken)
     with pytest.raises(ProjectionFailed):
         failing.catch_up(["candidates"])
@@ -530,22 +534,8 @@ def test_a_rebuild_that_cannot_project_a_stream_keeps_the_live_model_and_reports
     load(store, {"ns-late", "ip-idle"})
     runner = services.runner
     runner.catch_up()
-    real = runner.projectors["pipeline"]
-
-    class Exploding:
-        def __init__(self):
-            self.inner = real.fold()
-
-        def step(self, event, record):
-            if event.type == "metrics_recorded":
-                raise RuntimeError("cannot project metrics")
-            self.inner.step(event, record)
-
-        def rows(self, record, events):
-            return self.inner.rows(record, events)
-
-    broken = ProjectionRunner(services.engine, services.feed,
-                              {"pipeline": type(real)(real.name, real.tables, Exploding, real.description)})
+    broken = ProjectionRunner(services.engine, services.feed, {
+        "pipeline": exploding(runner.projectors["pipeline"], "metrics_recorded", "cannot project metrics")})
     with pytest.raises(ProjectionFailed):
         broken.rebuild(["pipeline"])
     [status] = [row for row in runner.status()["projectors"] if row["name"] == "pipeline"]
