@@ -166,8 +166,8 @@ def summary(results: dict) -> str:
                              "served with the projector beside it")
         settings = proj.get("postgresql_settings") or {}
         if settings.get("autovacuum") == "off":
-            notes.append("(d2) autovacuum is off on this PostgreSQL server: nothing analyzes the projection "
-                         "tables after a rebuild, hence the two pipeline rows")
+            notes.append("(d2) autovacuum is off on this PostgreSQL server: the pipeline row 'after ANALYZE' "
+                         "checks that the rebuild's own ANALYZE leaves nothing for autovacuum to do")
         if any(proj.get(b, {}).get("ru_maxrss_inherited_from_parent") for b in ("postgresql", "sqlite")):
             notes.append("(d1) ru_maxrss of a child was its parent's peak (Linux keeps it across exec): "
                          "peak RSS shown is VmHWM")
