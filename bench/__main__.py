@@ -184,6 +184,11 @@ def summary(results: dict) -> str:
     notes.append(f"code measured: HEAD {code.get('head') or '?'}"
                  + (" plus uncommitted changes in service/ or alembic/" if code.get("service_uncommitted_changes")
                     else ""))
+    end = results.get("code_at_end")
+    if end and end != code:
+        notes.append(f"the code changed during the run: HEAD {end.get('head') or '?'} at the end"
+                     + (" plus uncommitted changes" if end.get("service_uncommitted_changes") else "")
+                     + "; parts run later measured newer code")
     if results.get("background_busy_pct") is not None:
         notes.append(f"background CPU before the run: {results['background_busy_pct']:.0f}% "
                      "(work not ours on this machine; high values make the figures noisier)")
@@ -223,6 +228,7 @@ def main(argv: list[str]) -> None:
         log("== (d) projections: rebuild rate and memory, reporting endpoints at scale")
         results["projections"] = projections.run()
     results["elapsed_s"] = time.perf_counter() - t0
+    results["code_at_end"] = _code_version()  # a long run can outlive a commit: say so
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print()
