@@ -15,7 +15,7 @@ from service.events.errors import (
     StreamNotFound,
     VersionConflict,
 )
-from service.events.projections import BadCursor
+from service.events.cursors import BadCursor
 from service.events.schemas import InvalidEvent, NotJson
 
 log = structlog.get_logger("casestudies.api")

@@ -1,19 +1,17 @@
 """What auditors ask of the store: approval histories, chain checks, and digests kept outside."""
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Callable, Iterator
 
-import orjson
 from sqlalchemy import Engine, and_, bindparam, func, select, tuple_
 
 from service.domain.approvals import APPROVAL_EVENT_TYPES, Round, approval_rounds
+from service.events import cursors
 from service.events.integrity import FORMAT as CHAIN_FORMAT
 from service.events.integrity import ChainCheck, canonical_json, canonical_time, check_chain
-from service.events.projections import BadCursor
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EVENT_COLUMNS, EventStore, StoredEvent, stored_event
 from service.events.tables import UTCDateTime, case_studies, events, utcnow
@@ -282,20 +280,14 @@ def _roles_of(event: StoredEvent) -> list[str]:
 
 
 def _encode_cursor(occurred_at: datetime, position: int) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([occurred_at.isoformat(), position])).decode().rstrip("=")
+    return cursors.encode([occurred_at.isoformat(), position])
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        occurred_at, position = datetime.fromisoformat(raw[0]), raw[1]
-        valid = (occurred_at.tzinfo is not None and isinstance(position, int) and 0 <= position < 2**63
-                 and _encode_cursor(occurred_at, position) == cursor)
-        occurred_at = occurred_at.astimezone(UTC)
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, orjson.JSONDecodeError):
-        valid = False
-    if not valid:
-        raise BadCursor("cursor is not one this service handed out")
-    return occurred_at, position
+    def parse(values: list) -> tuple[datetime, int]:
+        occurred_at, position = datetime.fromisoformat(values[0]), values[1]
+        if occurred_at.tzinfo is None or type(position) is not int or not 0 <= position < 2**63 or len(values) != 2:
+            raise ValueError(values)
+        return occurred_at.astimezone(UTC), position
 
-
+    return cursors.decode(cursor, parse)

@@ -82,10 +82,6 @@ class Difference:
     live: dict[str, Any] | None
     rebuilt: dict[str, Any] | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"projector": self.projector, "table": self.table, "key": self.key,
-                "live": self.live, "rebuilt": self.rebuilt}
-
 
 @dataclass(frozen=True)
 class VerifyResult:

@@ -12,14 +12,11 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from service.domain import CaseStudy, StuckFinding, StuckThresholds, stuck_findings
 from service.domain.model import Status
+from service.events.cursors import BadCursor
 from service.events.db import transaction
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
 from service.events.tables import case_studies
-
-class BadCursor(ValueError):
-    """A pagination cursor this service did not hand out."""
-
 
 def encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")

@@ -6,22 +6,19 @@ never seen half done.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
-import orjson
 from sqlalchemy import Connection, Engine, and_, func, literal, or_, select, tuple_
 
 from service.domain import STATUS_LABELS
 from service.domain.reporting import STAGES, quarter_of, summarise
+from service.events import cursors
 from service.events.db import transaction
 from service.events.feed import Mark
 from service.events.projecting import Checkpoint, ProjectionRunner
-from service.events.projections import BadCursor
 from service.events.tables import (
     approver_times,
     blockers,
@@ -60,11 +57,6 @@ class ReadModels:
     def _reading(self, name: str) -> Iterator[tuple[Connection, Checkpoint]]:
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
             yield conn, self.runner.checkpoint(conn, name)
-
-    def read_to(self, name: str) -> Mark:
-        """How far projector ``name`` has read."""
-        with self._reading(name) as (_conn, checkpoint):
-            return checkpoint.mark()
 
     def pipeline(self) -> Answer:
         """Counts by status, and by CSM and status."""
@@ -121,33 +113,21 @@ class ReadModels:
                     csm: str | None = None) -> Answer:
         """Median and 90th percentile days per quarter (of the stage's end) for each stage and approver role."""
         with self._reading("cycle_times") as (conn, checkpoint):
-            stage_rows = conn.execute(_period(select(cycle_stages.c.stage, cycle_stages.c.to_at,
-                                                     cycle_stages.c.days),
-                                              cycle_stages, cycle_stages.c.to_at, checkpoint, start, end, csm)).all()
-            role_rows = conn.execute(_period(select(approver_times.c.role, approver_times.c.decided_at,
-                                                    approver_times.c.days),
-                                             approver_times, approver_times.c.decided_at, checkpoint, start, end,
-                                             csm)).all()
-        stage_days: dict[tuple[str, str], list[float]] = {}
-        role_days: dict[tuple[str, str], list[float]] = {}
-        for name, moment, days in stage_rows:
-            stage_days.setdefault((quarter_of(moment), name), []).append(days)
-        for name, moment, days in role_rows:
-            role_days.setdefault((quarter_of(moment), name), []).append(days)
-        quarters = sorted({q for q, _ in stage_days} | {q for q, _ in role_days})
-        roles = sorted({name for _, name in role_days})
+            by_stage = _days_by_quarter(conn, cycle_stages, cycle_stages.c.stage, cycle_stages.c.to_at,
+                                        checkpoint, start, end, csm)
+            by_role = _days_by_quarter(conn, approver_times, approver_times.c.role, approver_times.c.decided_at,
+                                       checkpoint, start, end, csm)
+        groups = {"stages": {stage: by_stage.get(stage, {}) for stage in STAGES},
+                  "approver_roles": dict(sorted(by_role.items()))}
+        quarters = sorted({quarter for group in groups.values() for days in group.values() for quarter in days})
         value = {
-            "quarters": [{
-                "quarter": quarter,
-                "stages": {stage: summarise(stage_days.get((quarter, stage), [])) for stage in STAGES},
-                "approver_roles": {role: summarise(role_days.get((quarter, role), [])) for role in roles},
-            } for quarter in quarters],
-            "overall": {
-                "stages": {stage: summarise(d for (_, s), days in stage_days.items() if s == stage for d in days)
-                           for stage in STAGES},
-                "approver_roles": {role: summarise(d for (_, r), days in role_days.items() if r == role
-                                                   for d in days) for role in roles},
-            },
+            "quarters": [{"quarter": quarter,
+                          **{name: {key: summarise(days.get(quarter, [])) for key, days in group.items()}
+                             for name, group in groups.items()}}
+                         for quarter in quarters],
+            "overall": {name: {key: summarise(d for per_quarter in days.values() for d in per_quarter)
+                               for key, days in group.items()}
+                        for name, group in groups.items()},
         }
         return Answer(value, "cycle_times", checkpoint.mark())
 
@@ -177,24 +157,23 @@ class ReadModels:
 
 
 def _encode_blocker_cursor(csm: str, since: datetime, stream_id: str, seq: int) -> str:
-    raw = orjson.dumps([csm, since.isoformat(), stream_id, seq])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode([csm, since.isoformat(), stream_id, seq])
 
 
 def _decode_blocker_cursor(cursor: str) -> tuple[str, datetime, str, int]:
-    try:
-        csm, since, stream_id, seq = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        value = (csm, datetime.fromisoformat(since), stream_id, seq)
-        valid = (isinstance(csm, str) and isinstance(stream_id, str) and type(seq) is int
-                 and value[1].tzinfo is not None and _encode_blocker_cursor(*value) == cursor)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        valid = False
-    if not valid:
-        raise BadCursor("cursor is not one this service handed out")
-    return value
+    def parse(values: list) -> tuple[str, datetime, str, int]:
+        csm, since, stream_id, seq = values
+        since = datetime.fromisoformat(since)
+        if not (isinstance(csm, str) and isinstance(stream_id, str) and type(seq) is int and since.tzinfo):
+            raise ValueError(values)
+        return csm, since, stream_id, seq
+
+    return cursors.decode(cursor, parse)
 
 
-def _period(query, table, moment, checkpoint: Checkpoint, start, end, csm):
+def _days_by_quarter(conn: Connection, table, name, moment, checkpoint: Checkpoint, start, end,
+                     csm) -> dict[str, dict[str, list[float]]]:
+    """Day counts by name (a stage or a role), then by the quarter of ``moment``, within the filters."""
     conditions = [table.c.generation == checkpoint.generation]
     if start is not None:
         conditions.append(moment >= start)
@@ -202,7 +181,10 @@ def _period(query, table, moment, checkpoint: Checkpoint, start, end, csm):
         conditions.append(moment <= end)
     if csm:
         conditions.append(table.c.csm == csm)
-    return query.where(and_(*conditions))
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, at, days in conn.execute(select(name, moment, table.c.days).where(and_(*conditions))):
+        out.setdefault(key, {}).setdefault(quarter_of(at), []).append(days)
+    return out
 
 
 def _counts(rows) -> dict[str, Any]:
