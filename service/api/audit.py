@@ -9,6 +9,7 @@ from service.api import params, services
 from service.api.auth import AUDITORS, requires
 from service.api.case_studies import checked_stream_id
 from service.api.problems import Problem
+from service.api.representation import iso
 from service.domain import APPROVER_ROLES
 from service.domain.approvals import Round, Step
 from service.events.audit import ApprovalRow
@@ -20,16 +21,12 @@ ROW_COLUMNS = ["id", "account_id", "account_name", "csm", "round", "event", "rol
                "actor", "on_behalf_of", "occurred_at", "recorded_at", "took_days", "version", "event_id"]
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def _step(step: Step | None) -> dict | None:
     if step is None:
         return None
     return {"version": step.version, "event_id": step.event_id, "actor": step.actor,
-            "on_behalf_of": step.on_behalf_of, "occurred_at": _iso(step.occurred_at),
-            "recorded_at": _iso(step.recorded_at)}
+            "on_behalf_of": step.on_behalf_of, "occurred_at": iso(step.occurred_at),
+            "recorded_at": iso(step.recorded_at)}
 
 
 def _days(seconds: float | None) -> float | None:
@@ -66,7 +63,7 @@ def approvals(stream_id: str):
         raise Problem(404, "not_found", f"no case study with id {stream_id!r}"
                       + (f" had been recorded by {as_of.isoformat()}" if as_of else ""), id=stream_id)
     reference = as_of or utcnow()
-    return {"id": stream_id, "as_of": _iso(as_of), "rounds": [round_json(r, reference) for r in rounds]}
+    return {"id": stream_id, "as_of": iso(as_of), "rounds": [round_json(r, reference) for r in rounds]}
 
 
 @bp.get("/case-studies/<stream_id>/verify")
@@ -95,8 +92,8 @@ def row_json(row: ApprovalRow) -> dict:
         "draft_url": event.data.get("draft_url"),
         "actor": event.actor,
         "on_behalf_of": event.on_behalf_of,
-        "occurred_at": _iso(event.occurred_at),
-        "recorded_at": _iso(event.recorded_at),
+        "occurred_at": iso(event.occurred_at),
+        "recorded_at": iso(event.recorded_at),
         "took_days": _days(row.took_seconds),
         "version": event.version,
         "event_id": event.event_id,

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, request, url_for
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
+from service.api.representation import iso
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES
 from service.events.read_models import Answer
@@ -16,16 +17,12 @@ from service.events.tables import utcnow
 bp = Blueprint("projections", __name__)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def _csv(answer: Answer, header: list[str], rows, filename: str) -> Response:
     """A CSV answer; how far its projection had read goes in headers."""
     response = params.csv_response(header, rows, filename)
     response.headers["X-Projection"] = answer.projector
     response.headers["X-Projection-Position"] = str(answer.read_to.position)
-    response.headers["X-Projection-Recorded-At"] = _iso(answer.read_to.recorded_at) or ""
+    response.headers["X-Projection-Recorded-At"] = iso(answer.read_to.recorded_at) or ""
     return response
 
 
@@ -52,7 +49,7 @@ def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
     """Blocker rows as clients see them, with days blocked up to ``reference``."""
     return [{"id": row["id"], "status": row["status"], "csm": row["csm"], "account_name": row["account_name"],
              "code": row["code"], "subject": row["subject"] or None, "reason": row["reason"],
-             "since": _iso(row["since"]), "until": _iso(row["until"]),
+             "since": iso(row["since"]), "until": iso(row["until"]),
              "days": max(0, (min(row["until"] or reference, reference) - row["since"]).days), "details": row["details"]}
             for row in answer.value]
 
@@ -78,7 +75,7 @@ def blockers():
         if next_url:
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
-    return {"as_of": _iso(as_of), "count": len(items), "records": len({i["id"] for i in items}), "items": items,
+    return {"as_of": iso(as_of), "count": len(items), "records": len({i["id"] for i in items}), "items": items,
             "next_cursor": answer.next_cursor, "next": next_url, "projection": answer.projection()}
 
 
@@ -113,7 +110,7 @@ def candidates():
     as_csv = params.wants_csv()
     answer = services().read_models.candidates(since=params.as_of("since", date_is_start=True),
                                                csm=params.text("csm"))
-    items = [{column: _iso(row[column]) if column == "candidate_since" else row[column]
+    items = [{column: iso(row[column]) if column == "candidate_since" else row[column]
               for column in CANDIDATE_COLUMNS} for row in answer.value]
     if as_csv:
         return _csv(answer, CANDIDATE_COLUMNS, ([i[c] for c in CANDIDATE_COLUMNS] for i in items),

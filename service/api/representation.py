@@ -6,7 +6,8 @@ from datetime import datetime
 from service.domain import STATUS_LABELS, CaseStudy, allowed_events, readiness
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 text for a time, None for none."""
     return value.isoformat() if value else None
 
 
@@ -29,19 +30,19 @@ def record_json(record: CaseStudy, kpi_threshold_pct: float) -> dict:
         "approvals": record.approvals,
         "approvers": record.approvers,
         "approval_round": record.approval_round,
-        "approval_requested_at": _iso(record.approval_requested_at),
+        "approval_requested_at": iso(record.approval_requested_at),
         "changes_requested": record.changes_requested,
         "draft_url": record.draft_url,
         "hold": ({"reason": record.hold_reason, "revisit_on": record.revisit_on,
-                  "held_from": record.held_from, "held_at": _iso(record.held_at)}
+                  "held_from": record.held_from, "held_at": iso(record.held_at)}
                  if record.held_from else None),
         "declined_reason": record.declined_reason,
         "published_url": record.published_url,
-        "published_at": _iso(record.published_at),
+        "published_at": iso(record.published_at),
         "allowed_events": allowed_events(record.state),
-        "committed_at": _iso(record.committed_at),
-        "entered_status_at": _iso(record.entered_status_at),
-        "last_activity_at": _iso(record.last_activity_at),
+        "committed_at": iso(record.committed_at),
+        "entered_status_at": iso(record.entered_status_at),
+        "last_activity_at": iso(record.last_activity_at),
         "last_event_type": record.last_event_type,
         "metrics": {**record.metrics, "lower_is_better": record.lower_is_better},
         "quotes": record.quotes,
