@@ -11,7 +11,7 @@ from service.api.auth import RECORD_READERS, AUDITORS, WRITERS, requires
 from service.api.problems import Problem
 from service.api.representation import record_json
 from service.domain import STATUS_LABELS
-from service.events.schemas import is_valid_stream_id, parse_event_request
+from service.events.schemas import is_batch, is_valid_stream_id, parse_event_batch, parse_event_request
 from service.events.store import NewEvent
 from service.events.tables import utcnow
 
@@ -74,25 +74,47 @@ def _etag(version: int) -> str:
 @bp.post("/case-studies/<stream_id>/events")
 @requires(*WRITERS)
 def post_event(stream_id: str):
-    """Append one event to a case study's stream."""
+    """Append one event, or a JSON array of events all or none, to a case study's stream."""
     checked_stream_id(stream_id)
     if not request.is_json:
         raise Problem(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
-    event = parse_event_request(_body())
-    now = utcnow()
-    if event.occurred_at is not None and event.occurred_at > now + MAX_CLOCK_SKEW:
-        raise _invalid("occurred_at", "is in the future; occurred_at is when it happened")
-    new = NewEvent(type=event.type, data=event.data.model_dump(mode="json", exclude_none=True),
-                   event_id=_event_id(event.event_id), occurred_at=event.occurred_at,
-                   correlation_id=event.correlation_id, causation_id=event.causation_id,
-                   on_behalf_of=event.on_behalf_of)
-    result = services().store.append(stream_id, [new], actor=g.principal.name,
-                                     expected_version=_expected_version(event.expected_version))
+    body = _body()
+    batch = is_batch(body)
+    if batch:
+        requests = parse_event_batch(body)
+        if request.headers.get("Idempotency-Key") is not None:
+            raise _invalid("Idempotency-Key", "a batch carries an event_id on each event instead")
+        for index, later in enumerate(requests[1:], start=1):
+            if later.expected_version is not None:
+                raise _invalid(f"{index}.expected_version", "only the first event of a batch carries the "
+                               "batch's expected_version (or send If-Match)")
+        new_events = [_new_event(item, str(item.event_id) if item.event_id else None, field=f"{index}.")
+                      for index, item in enumerate(requests)]
+        ids = [event.event_id for event in new_events if event.event_id]
+        if len(set(ids)) != len(ids):
+            raise _invalid("event_id", "each event of a batch needs its own event_id")
+    else:
+        requests = [parse_event_request(body)]
+        new_events = [_new_event(requests[0], _event_id(requests[0].event_id))]
+    result = services().store.append(stream_id, new_events, actor=g.principal.name,
+                                     expected_version=_expected_version(requests[0].expected_version))
     stored = result.events[-1]
     response = {"id": stream_id, "version": stored.version, "position": stored.position,
                 "event_id": stored.event_id, "status": result.record.state}
+    if batch:
+        response["events"] = [{"version": event.version, "position": event.position, "event_id": event.event_id,
+                               "type": event.type} for event in result.events]
     headers = {"ETag": _etag(result.record.version), "Location": f"{request.script_root}/case-studies/{stream_id}"}
     return response, (201 if result.created else 200), headers
+
+
+def _new_event(event, event_id: str | None, field: str = "") -> NewEvent:
+    """The store's NewEvent for a validated request, refusing an occurred_at in the future."""
+    if event.occurred_at is not None and event.occurred_at > utcnow() + MAX_CLOCK_SKEW:
+        raise _invalid(f"{field}occurred_at", "is in the future; occurred_at is when it happened")
+    return NewEvent(type=event.type, data=event.data.model_dump(mode="json", exclude_none=True),
+                    event_id=event_id, occurred_at=event.occurred_at, correlation_id=event.correlation_id,
+                    causation_id=event.causation_id, on_behalf_of=event.on_behalf_of)
 
 
 @bp.get("/case-studies/<stream_id>")

@@ -32,9 +32,10 @@ def to_problem(error: Exception) -> Problem:
             return error
         case TransitionNotAllowed() | GuardFailed():
             code = "transition_not_allowed" if isinstance(error, TransitionNotAllowed) else "guard_failed"
+            batch = {"event_index": error.event_index} if hasattr(error, "event_index") else {}
             return Problem(409, code, error.reason, current_status=error.current_status,
                            allowed_events=error.allowed_events, reason=error.reason,
-                           event_type=error.event_type)
+                           event_type=error.event_type, **batch)
         case StreamNotFound():
             return Problem(404, "not_found", str(error), id=error.stream_id)
         case StreamAlreadyExists():

@@ -218,6 +218,9 @@ REQUEST_MODELS: dict[str, type[_Envelope]] = {
 
 EventRequest = Annotated[Union[tuple(REQUEST_MODELS.values())], Field(discriminator="type")]
 _EVENT_REQUEST = TypeAdapter(EventRequest)
+MAX_BATCH = 100  # events in one atomic append
+EventBatch = Annotated[list[EventRequest], Field(min_length=1, max_length=MAX_BATCH)]
+_EVENT_BATCH = TypeAdapter(EventBatch)
 
 
 class InvalidEvent(Exception):
@@ -243,10 +246,10 @@ _PATTERN_MESSAGES = {
 
 
 def _field(loc: tuple) -> str:
-    parts = [str(part) for part in loc]
-    if parts and parts[0] in REQUEST_MODELS:
-        parts = parts[1:]  # the union's tag, e.g. "approval_requested"
-    return ".".join(parts)
+    # Leave out the union's tag (e.g. "approval_requested"), which follows a batch's index or
+    # starts the location of a single event.
+    return ".".join(str(part) for i, part in enumerate(loc)
+                    if not (part in REQUEST_MODELS and (i == 0 or isinstance(loc[i - 1], int))))
 
 
 def _errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -259,9 +262,9 @@ def _errors(exc: ValidationError) -> list[dict[str, str]]:
         message = error["msg"]
         if kind == "union_tag_invalid":
             message = f"unknown event type; known types: {', '.join(EVENT_TYPES)}"
-            field = "type"
+            field = _join(field, "type")
         elif kind == "union_tag_not_found":
-            message, field = "an event needs a type", "type"
+            message, field = "an event needs a type", _join(field, "type")
         elif kind.startswith("value_error"):
             message = message.removeprefix("Value error, ")
         elif kind == "string_pattern_mismatch":
@@ -270,12 +273,31 @@ def _errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def parse_event_request(body: bytes) -> _Envelope:
     """Validate a request body as one event; raises NotJson or InvalidEvent."""
     try:
         return _EVENT_REQUEST.validate_json(body)
     except ValidationError as exc:
         raise InvalidEvent(_errors(exc)) from None
+
+
+def parse_event_batch(body: bytes) -> list[_Envelope]:
+    """Validate a request body as a JSON array of 1 to MAX_BATCH events; raises NotJson or InvalidEvent.
+
+    Errors name each event by its index, e.g. ``2.data.approvers``."""
+    try:
+        return _EVENT_BATCH.validate_json(body)
+    except ValidationError as exc:
+        raise InvalidEvent(_errors(exc)) from None
+
+
+def is_batch(body: bytes) -> bool:
+    """True when the body is a JSON array (a batch of events) rather than one event."""
+    return body.lstrip(b" \t\r\n")[:1] == b"["
 
 
 def is_valid_stream_id(stream_id: str) -> bool:

@@ -264,9 +264,14 @@ class EventStore:
 
         now = self.clock()
         rows = []
-        for event, digest in zip(new_events, digests):
+        for index, (event, digest) in enumerate(zip(new_events, digests)):
             pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)
-            apply(record, pending)
+            try:
+                apply(record, pending)
+            except DomainError as refusal:
+                if len(new_events) > 1:
+                    refusal.event_index = index  # which event of a batch was refused
+                raise
             row = {"event_id": event.event_id or str(uuid.uuid4()), "version": pending.version,
                    "type": event.type, "data": event.data, "occurred_at": pending.occurred_at,
                    "correlation_id": event.correlation_id, "causation_id": event.causation_id,

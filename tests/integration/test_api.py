@@ -173,12 +173,90 @@ def test_an_event_a_guard_refuses_is_409_guard_failed_with_the_reason(client, ke
     ({"type": "approval_requested", "data": {"approvers": ["ceo"]}}, "data.approvers.0"),
     ({"type": "committed", "data": {**COMMITTED, "close_date": "yesterday"}}, "data.close_date"),
     ({"type": "started", "occurred_at": "2999-01-01T00:00:00Z"}, "occurred_at"),
-    ([{"type": "started"}], ""),
+    ([], ""),
+    ([{"type": "started"}, {"type": "approval_requested", "data": {"approvers": ["ceo"]}}], "1.data.approvers.0"),
+    ([{"type": "started"}, {"type": "teleported"}], "1.type"),
+    ([{"type": "started"}, {"type": "held", "data": {"reason": "x"}, "expected_version": 2}],
+     "1.expected_version"),
+    ([{"type": "started", "occurred_at": "2999-01-01T00:00:00Z"}], "0.occurred_at"),
+    ([{"type": "quote_added", "data": VALID_DATA["quote_added"]}] * 101, ""),
+    ([{"type": "started", "event_id": "5b0b5ba2-5a55-4b8e-9f0e-1d1c2a3b4c5d"},
+      {"type": "held", "data": {"reason": "x"}, "event_id": "5b0b5ba2-5a55-4b8e-9f0e-1d1c2a3b4c5d"}], "event_id"),
+    ("just text", ""),
 ])
 def test_invalid_events_are_422_naming_the_field(client, keys, body, field):
     stream = make(client, keys["writer"], "not_started")
     answer = problem(post(client, keys["writer"], stream, body), 422, "invalid_event")
     assert field in [e["field"] for e in answer["errors"]]
+
+
+# -- batches: several events in one atomic append ------------------------------------------------
+def test_a_batch_back_fills_a_history_in_one_append(client, keys):
+    stream = unique_id("batch")
+    batch = [{"type": "committed", "data": COMMITTED, "occurred_at": "2026-09-01T09:00:00Z"},
+             {"type": "started", "occurred_at": "2026-09-03T09:00:00Z"},
+             {"type": "metrics_recorded", "data": VALID_DATA["metrics_recorded"],
+              "occurred_at": "2026-09-04T09:00:00Z", "correlation_id": "crm-backfill-1"}]
+    answer = post(client, keys["writer"], stream, batch)
+    assert answer.status_code == 201, answer.get_json()
+    body = answer.get_json()
+    assert body["version"] == 3 and body["status"] == "in_progress" and answer.headers["ETag"] == '"3"'
+    assert [(e["version"], e["type"]) for e in body["events"]] == [
+        (1, "committed"), (2, "started"), (3, "metrics_recorded")]
+    assert [e["position"] for e in body["events"]] == sorted(e["position"] for e in body["events"])
+    stored = client.get(f"/case-studies/{stream}/events", headers=auth(keys["auditor"])).get_json()["events"]
+    assert [e["occurred_at"][:10] for e in stored] == ["2026-09-01", "2026-09-03", "2026-09-04"]
+    assert [e["event_id"] for e in stored] == [e["event_id"] for e in body["events"]]
+    assert stored[2]["correlation_id"] == "crm-backfill-1"
+    assert len({e["recorded_at"] for e in stored}) == 1  # one append
+
+
+def test_a_batch_with_one_refused_event_stores_none_and_names_it(client, keys):
+    stream = make(client, keys["writer"], "not_started")
+    batch = [{"type": "started"}, {"type": "quote_added", "data": VALID_DATA["quote_added"]},
+             {"type": "published", "data": VALID_DATA["published"]}]
+    body = problem(post(client, keys["writer"], stream, batch), 409, "transition_not_allowed")
+    assert body["event_index"] == 2 and body["event_type"] == "published"
+    assert body["current_status"] == "in_progress"  # what the refused event met, after the ones before it
+    record = client.get(f"/case-studies/{stream}", headers=auth(keys["reader"])).get_json()
+    assert record["version"] == 1 and record["status"] == "not_started"
+    new = unique_id("batch")
+    problem(post(client, keys["writer"], new, [{"type": "committed", "data": COMMITTED},
+                                               {"type": "reassigned", "data": {"csm": COMMITTED["csm"]}}]),
+            409, "guard_failed")
+    problem(client.get(f"/case-studies/{new}", headers=auth(keys["reader"])), 404, "not_found")
+
+
+def test_a_batch_has_one_expected_version(client, keys):
+    stream = make(client, keys["writer"], "in_progress")
+    batch = [{"type": "quote_added", "data": VALID_DATA["quote_added"], "expected_version": 1},
+             {"type": "nps_recorded", "data": {"score": 9}}]
+    body = problem(post(client, keys["writer"], stream, batch), 409, "version_conflict")
+    assert body["expected_version"] == 1 and body["current_version"] == 2
+    problem(post(client, keys["writer"], stream, batch[1:], **{"If-Match": '"1"'}), 409, "version_conflict")
+    batch[0]["expected_version"] = 2
+    assert post(client, keys["writer"], stream, batch).status_code == 201
+    assert post(client, keys["writer"], stream, [batch[1]], **{"If-Match": '"4"'}).get_json()["version"] == 5
+
+
+def test_a_retried_batch_answers_the_original_result_and_stores_nothing(client, keys):
+    stream = make(client, keys["writer"], "not_started")
+    batch = [{"type": "started", "event_id": str(uuid.uuid4())},
+             {"type": "quote_added", "data": VALID_DATA["quote_added"], "event_id": str(uuid.uuid4())}]
+    first = post(client, keys["writer"], stream, batch)
+    again = post(client, keys["writer"], stream, batch)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.get_json() == first.get_json()
+    # part of a stored batch with a new event is not the same request
+    problem(post(client, keys["writer"], stream, [batch[1], {"type": "nps_recorded", "data": {"score": 7},
+                                                             "event_id": str(uuid.uuid4())}]),
+            409, "idempotency_conflict")
+    problem(post(client, keys["writer"], stream, [{**batch[1], "data": {"text": "other", "speaker": "Jo"}}]),
+            409, "idempotency_conflict")
+    problem(post(client, keys["writer"], stream, batch, **{"Idempotency-Key": str(uuid.uuid4())}),
+            422, "invalid_event")
+    events = client.get(f"/case-studies/{stream}/events", headers=auth(keys["admin"])).get_json()["events"]
+    assert [e["type"] for e in events] == ["committed", "started", "quote_added"]
 
 
 def test_an_id_outside_the_allowed_form_is_422(client, keys):
