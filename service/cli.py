@@ -403,6 +403,48 @@ def projections_status() -> None:
         click.echo(f"{held['events']} committed events are held back by an open transaction: {held['by_transaction']}")
 
 
+@main.group("import")
+def import_() -> None:
+    """Batch intake from CRM exports."""
+
+
+@import_.command("deals")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--actor", default="deal-import", show_default=True,
+              help="Name recorded as the actor of the events the import writes.")
+def import_deals(file: str, actor: str) -> None:
+    """Create the case studies of a CSV export of closed deals; safe to re-run daily.
+
+    Rows of accepted deals become records (once: a deal imported or posted before is reported as
+    existing); other rows store nothing. Exits 1 when any row is invalid, after importing the rest."""
+    from service.events.deal_import import ImportFileError, count_rows, import_rows, read_rows
+    from service.events.tables import utcnow
+
+    services = _services()
+    with open(file, encoding="utf-8-sig", newline="") as source, _database_errors():
+        try:
+            total = count_rows(source)
+            ignored, rows = read_rows(source)
+        except (ImportFileError, UnicodeDecodeError) as error:
+            raise click.ClickException(f"{file}: {error}") from None
+        report = []
+        with click.progressbar(length=total, label="importing deals", file=sys.stderr) as bar:
+            for outcome in import_rows(services.store, rows, actor=actor, now=utcnow()):
+                report.append(outcome)
+                bar.update(1)
+    counts = {decision: sum(1 for o in report if o.decision == decision)
+              for decision in ("created", "exists", "not_created", "invalid")}
+    for outcome in report:
+        if outcome.decision in ("not_created", "invalid"):
+            label = "skipped" if outcome.decision == "not_created" else "INVALID"
+            click.echo(f"line {outcome.line} (deal {outcome.deal_id or '?'}): {label}: {outcome.reason}")
+    if ignored:
+        click.echo(f"ignored columns: {', '.join(ignored)}")
+    click.echo(f"{len(report)} rows: {counts['created']} created, {counts['exists']} already existed, "
+               f"{counts['not_created']} skipped (not accepted), {counts['invalid']} invalid")
+    sys.exit(1 if counts["invalid"] else 0)
+
+
 @main.group()
 def report() -> None:
     """Reports for people."""

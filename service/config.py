@@ -38,6 +38,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, not {raw!r}") from None
 
 
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.startswith(("http://", "https://")) or any(c.isspace() for c in raw):
+        raise SettingsError(f"{name} must be an http:// or https:// URL")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service can be configured with; see the README's Configuration table."""
@@ -51,6 +60,7 @@ class Settings:
     state_cache_size: int = 10_000
     candidate_kpi_pct: float = 20.0
     stuck: StuckThresholds = field(default_factory=StuckThresholds)
+    public_base_url: str = "http://127.0.0.1:8000"  # how people and other tools reach this service
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -65,6 +75,7 @@ class Settings:
         defaults = StuckThresholds()
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            public_base_url=_url(env, "PUBLIC_BASE_URL", "http://127.0.0.1:8000"),
             log_format=log_format,
             log_level=log_level,
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1),
@@ -82,6 +93,10 @@ class Settings:
                                            defaults.missing_baseline_days),
             ),
         )
+
+    def record_url(self, stream_id: str) -> str:
+        """Where a person or a tool finds a record."""
+        return f"{self.public_base_url.rstrip('/')}/case-studies/{stream_id}"
 
     def with_overrides(self, **changes) -> "Settings":
         """A copy with some settings changed (tests and the CLI use it)."""

@@ -13,7 +13,7 @@ def services() -> Services:
 
 def register(app: Flask) -> None:
     """Attach blueprints, error handlers and request logging to ``app``."""
-    from service.api import audit, case_studies, errors, feed, health, projections, reports, requestlog
+    from service.api import audit, case_studies, errors, feed, health, integrations, projections, reports, requestlog
 
     requestlog.register(app)
     errors.register(app)
@@ -23,3 +23,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(audit.bp)
     app.register_blueprint(feed.bp)
     app.register_blueprint(reports.bp)
+    app.register_blueprint(integrations.bp)

@@ -59,14 +59,6 @@ def _event_id(body_value) -> str | None:
     return header_id
 
 
-def _body() -> bytes:
-    """The request body, refused with 413 past the limit whether or not it has a Content-Length."""
-    body = request.get_data(cache=False)  # Werkzeug refuses a declared Content-Length over the limit
-    if request.content_length is None:
-        request.stream.read(1)  # a chunked body stops at the limit; reading past it raises 413
-    return body
-
-
 def _etag(version: int) -> str:
     return f'"{version}"'
 
@@ -76,9 +68,7 @@ def _etag(version: int) -> str:
 def post_event(stream_id: str):
     """Append one event, or a JSON array of events all or none, to a case study's stream."""
     checked_stream_id(stream_id)
-    if not request.is_json:
-        raise Problem(415, "unsupported_media_type", "send the event as JSON (Content-Type: application/json)")
-    body = _body()
+    body = params.json_body("the event")
     batch = is_batch(body)
     if batch:
         requests = parse_event_batch(body)

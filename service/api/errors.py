@@ -16,6 +16,7 @@ from service.events.errors import (
     VersionConflict,
 )
 from service.events.cursors import BadCursor
+from service.events.deals import DealConflict, InvalidDeal
 from service.events.schemas import InvalidEvent, NotJson
 
 log = structlog.get_logger("casestudies.api")
@@ -46,6 +47,10 @@ def to_problem(error: Exception) -> Problem:
                            expected_version=error.expected, current_version=error.actual)
         case IdempotencyConflict():
             return Problem(409, "idempotency_conflict", str(error), event_id=error.event_id)
+        case InvalidDeal():
+            return Problem(422, "invalid_deal", str(error), errors=error.errors)
+        case DealConflict():
+            return Problem(409, "already_exists", str(error), id=error.stream_id)
         case InvalidEvent():
             return Problem(422, "invalid_event", str(error), errors=error.errors)
         case NotJson():

@@ -44,6 +44,17 @@ def as_of(name: str = "as_of", *, date_is_start: bool = False) -> datetime | Non
                       parameter=name) from None
 
 
+def json_body(what: str) -> bytes:
+    """The request body, which must be sent as JSON (else 415), refused with 413 past the limit
+    whether or not it has a Content-Length."""
+    if not request.is_json:
+        raise Problem(415, "unsupported_media_type", f"send {what} as JSON (Content-Type: application/json)")
+    body = request.get_data(cache=False)  # Werkzeug refuses a declared Content-Length over the limit
+    if request.content_length is None:
+        request.stream.read(1)  # a chunked body stops at the limit; reading past it raises 413
+    return body
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

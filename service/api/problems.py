@@ -23,6 +23,7 @@ TITLES: dict[str, str] = {
     "payload_too_large": "Request body too large",
     "unsupported_media_type": "Request body is not JSON",
     "invalid_event": "Invalid event",
+    "invalid_deal": "Invalid deal",
     "internal_error": "Internal error",
     "stream_corrupt": "Stored stream cannot be replayed",
     "database_unavailable": "Database unavailable",

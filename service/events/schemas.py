@@ -252,7 +252,7 @@ def _field(loc: tuple) -> str:
                     if not (part in REQUEST_MODELS and (i == 0 or isinstance(loc[i - 1], int))))
 
 
-def _errors(exc: ValidationError) -> list[dict[str, str]]:
+def error_list(exc: ValidationError) -> list[dict[str, str]]:
     out = []
     for error in exc.errors(include_url=False, include_input=False):
         kind = error["type"]
@@ -282,7 +282,7 @@ def parse_event_request(body: bytes) -> _Envelope:
     try:
         return _EVENT_REQUEST.validate_json(body)
     except ValidationError as exc:
-        raise InvalidEvent(_errors(exc)) from None
+        raise InvalidEvent(error_list(exc)) from None
 
 
 def parse_event_batch(body: bytes) -> list[_Envelope]:
@@ -292,7 +292,7 @@ def parse_event_batch(body: bytes) -> list[_Envelope]:
     try:
         return _EVENT_BATCH.validate_json(body)
     except ValidationError as exc:
-        raise InvalidEvent(_errors(exc)) from None
+        raise InvalidEvent(error_list(exc)) from None
 
 
 def is_batch(body: bytes) -> bool:
