@@ -10,6 +10,7 @@ from service.events.audit import Audit
 from service.events.db import make_engine
 from service.events.feed import Feed
 from service.events.keys import KeyStore
+from service.events.outbox import Outbox, OutboxPlanner, Subscriptions
 from service.events.projecting import ProjectionRunner
 from service.events.projectors import projectors
 from service.events.projections import Projections
@@ -28,12 +29,18 @@ class Services:
     feed: Feed
     runner: ProjectionRunner
     read_models: ReadModels
+    subscriptions: Subscriptions
+    outbox: Outbox
 
 
 def build(settings: Settings, engine: Engine | None = None) -> Services:
-    """Wire the store, keys and projections onto one engine (made from settings unless given)."""
+    """Wire the store, keys, projections and the outbox onto one engine (made from settings unless given)."""
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    store = EventStore(engine, cache_size=settings.state_cache_size)
+    subscriptions = Subscriptions(engine, cache_seconds=settings.webhook_cache_seconds)
+    planner = OutboxPlanner(subscriptions, slack=settings.slack_webhook_url is not None,
+                            record_url=settings.record_url, source=f"{settings.public_base_url.rstrip('/')}/case-studies",
+                            kpi_threshold_pct=settings.candidate_kpi_pct)
+    store = EventStore(engine, cache_size=settings.state_cache_size, outbox=planner)
     feed = Feed(engine)
     runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_pct))
     return Services(
@@ -46,4 +53,18 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         feed=feed,
         runner=runner,
         read_models=ReadModels(engine, runner),
+        subscriptions=subscriptions,
+        outbox=Outbox(engine),
     )
+
+
+def dispatcher(services: Services):
+    """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
+    from service.events.dispatch import DispatchSettings, Dispatcher
+
+    settings = services.settings
+    return Dispatcher(services.engine, services.subscriptions, services.projections, DispatchSettings(
+        slack_webhook_url=settings.slack_webhook_url, max_attempts=settings.notify_max_attempts,
+        backoff_seconds=settings.notify_backoff_seconds, backoff_max_seconds=settings.notify_backoff_max_seconds,
+        timeout_seconds=settings.notify_timeout_seconds, lease_seconds=settings.notify_lease_seconds,
+        stuck_scan_seconds=settings.notify_stuck_scan_seconds, public_base_url=settings.public_base_url))

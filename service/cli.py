@@ -49,7 +49,10 @@ def main() -> None:
 @click.option("--projectors/--no-projectors", default=True, show_default=True,
               help="Also run `casestudies projections run` beside the server (turn off where a separate "
                    "worker keeps the projections, as in docker-compose.yml).")
-def serve(host: str, port: int, workers: int, threads: int, projectors: bool) -> None:
+@click.option("--notifications/--no-notifications", default=True, show_default=True,
+              help="Also run `casestudies notifications run` beside the server (turn off where a separate "
+                   "dispatcher delivers the outbox, as in docker-compose.yml).")
+def serve(host: str, port: int, workers: int, threads: int, projectors: bool, notifications: bool) -> None:
     """Serve the API with gunicorn."""
     import os
     import subprocess
@@ -57,17 +60,19 @@ def serve(host: str, port: int, workers: int, threads: int, projectors: bool) ->
     from service.wsgi import serve as run
 
     _settings()
-    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "projections", "run", "--parent", str(os.getpid())]
-                              ) if projectors else None
+    beside = [group for group, wanted in (("projections", projectors), ("notifications", notifications)) if wanted]
+    helpers = [subprocess.Popen([sys.executable, "-m", "service.cli", group, "run", "--parent", str(os.getpid())])
+               for group in beside]
     try:
         run(host=host, port=port, workers=workers, threads=threads)
     finally:
-        if worker is not None:
-            worker.terminate()
+        for helper in helpers:
+            helper.terminate()
+        for helper in helpers:
             try:
-                worker.wait(10)
+                helper.wait(10)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                helper.kill()
 
 
 @main.group()
@@ -443,6 +448,111 @@ def import_deals(file: str, actor: str) -> None:
     click.echo(f"{len(report)} rows: {counts['created']} created, {counts['exists']} already existed, "
                f"{counts['not_created']} skipped (not accepted), {counts['invalid']} invalid")
     sys.exit(1 if counts["invalid"] else 0)
+
+
+@main.group()
+def notifications() -> None:
+    """The outbox of Slack messages and webhook deliveries: run the dispatcher, list, retry."""
+
+
+@notifications.command("run")
+@click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(0.05, 60),
+              help="Seconds to wait when nothing is due.")
+@click.option("--parent", type=int, hidden=True, help="Stop when this process is gone (set by serve).")
+def notifications_run(poll: float, parent: int | None) -> None:
+    """Deliver the outbox until stopped (SIGTERM or Ctrl-C), and announce newly stuck records."""
+    import signal
+    import threading
+
+    from service.bootstrap import dispatcher
+
+    services = _services(log_stream=sys.stdout)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with _database_errors():
+        dispatcher(services).run(stop, poll_seconds=poll, parent_pid=parent)
+
+
+@notifications.command("list")
+@click.option("--status", type=click.Choice(["pending", "sent", "dead"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+def notifications_list(status: str | None, limit: int) -> None:
+    """Messages oldest first: id, destination, kind, record, status, attempts, last error."""
+    services = _services()
+    with _database_errors():
+        found, _ = services.outbox.list(status=status, limit=limit)
+    for item in found:
+        target = item.destination + (f":{item.subscription_id}" if item.subscription_id else "")
+        click.echo(f"{item.id}\t{target}\t{item.kind}\t{item.stream_id or '-'}\t{item.status}\t"
+                   f"{item.attempts}\t{item.last_error or ''}")
+
+
+@notifications.command("retry")
+@click.argument("message_id", required=False, type=int)
+@click.option("--all-dead", is_flag=True, help="Every dead message.")
+def notifications_retry(message_id: int | None, all_dead: bool) -> None:
+    """Put a dead message (or --all-dead) back in the queue with its attempts reset."""
+    if (message_id is None) == (not all_dead):
+        raise click.UsageError("give a MESSAGE_ID or --all-dead")
+    services = _services()
+    with _database_errors():
+        count = services.outbox.retry(message_id=message_id)
+    if message_id is not None and count == 0:
+        raise click.ClickException(f"no dead message {message_id}")
+    click.echo(f"{count} messages queued again")
+
+
+@main.group()
+def webhooks() -> None:
+    """Outgoing webhooks: CloudEvents for other tools, signed with a shared secret."""
+
+
+@webhooks.command("add")
+@click.argument("url")
+@click.option("--types", required=True, help="Event types, comma-separated (committed,published), or * for all.")
+@click.option("--secret", help="Shared secret that signs each delivery (16-200 characters); made up if not given.")
+def webhooks_add(url: str, types: str, secret: str | None) -> None:
+    """Subscribe URL to events of the given types."""
+    from service.events.outbox import SubscriptionError
+
+    services = _services()
+    try:
+        with _database_errors():
+            subscription, secret_used = services.subscriptions.add(url, types.split(","), secret)
+    except SubscriptionError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"webhook {subscription.id}: {subscription.url} for {', '.join(subscription.types)}")
+    if secret is None:
+        click.echo(f"secret (shown once): {secret_used}")
+
+
+@webhooks.command("list")
+@click.option("--all", "include_removed", is_flag=True, help="Also removed subscriptions.")
+def webhooks_list(include_removed: bool) -> None:
+    """Subscriptions: id, URL, types, secret prefix, created (and removed)."""
+    services = _services()
+    with _database_errors():
+        found = services.subscriptions.list(include_removed=include_removed)
+    for item in found:
+        removed = f"\tremoved {item.removed_at:%Y-%m-%d %H:%M}" if item.removed_at else ""
+        click.echo(f"{item.id}\t{item.url}\t{','.join(item.types)}\t{item.secret[:6]}…\t"
+                   f"{item.created_at:%Y-%m-%d %H:%M}{removed}")
+
+
+@webhooks.command("remove")
+@click.argument("subscription_id", type=int)
+def webhooks_remove(subscription_id: int) -> None:
+    """Stop delivering to a subscription; its undelivered messages become dead."""
+    from service.events.outbox import SubscriptionError
+
+    services = _services()
+    try:
+        with _database_errors():
+            services.subscriptions.remove(subscription_id)
+    except SubscriptionError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"removed webhook {subscription_id}")
 
 
 @main.group()

@@ -61,6 +61,19 @@ class Settings:
     candidate_kpi_pct: float = 20.0
     stuck: StuckThresholds = field(default_factory=StuckThresholds)
     public_base_url: str = "http://127.0.0.1:8000"  # how people and other tools reach this service
+    slack_webhook_url: str | None = field(default=None, repr=False)  # a secret: never logged
+    webhook_cache_seconds: float = 5.0
+    notify_max_attempts: int = 10
+    notify_backoff_seconds: float = 5.0
+    notify_backoff_max_seconds: float = 3600.0
+    notify_timeout_seconds: float = 10.0
+    notify_lease_seconds: float = 60.0
+    notify_stuck_scan_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.notify_lease_seconds <= self.notify_timeout_seconds:
+            raise SettingsError("NOTIFY_LEASE_SECONDS must be longer than NOTIFY_TIMEOUT_SECONDS: a message "
+                                "is another dispatcher's to send only once its lease has run out")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +89,14 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             public_base_url=_url(env, "PUBLIC_BASE_URL", "http://127.0.0.1:8000"),
+            slack_webhook_url=_url(env, "SLACK_WEBHOOK_URL", None),
+            webhook_cache_seconds=_float(env, "WEBHOOK_CACHE_SECONDS", 5.0),
+            notify_max_attempts=_int(env, "NOTIFY_MAX_ATTEMPTS", 10, minimum=1),
+            notify_backoff_seconds=_float(env, "NOTIFY_BACKOFF_SECONDS", 5.0),
+            notify_backoff_max_seconds=_float(env, "NOTIFY_BACKOFF_MAX_SECONDS", 3600.0),
+            notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 10.0),
+            notify_lease_seconds=_float(env, "NOTIFY_LEASE_SECONDS", 60.0),
+            notify_stuck_scan_seconds=_float(env, "NOTIFY_STUCK_SCAN_SECONDS", 3600.0),
             log_format=log_format,
             log_level=log_level,
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1),

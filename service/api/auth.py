@@ -14,6 +14,7 @@ WRITERS = ("writer", "admin")
 RECORD_READERS = ("writer", "reader", "auditor", "admin")
 PROJECTION_READERS = ("reader", "auditor", "admin")
 AUDITORS = ("auditor", "admin")
+ADMINS = ("admin",)
 
 
 def _principal():

@@ -1,11 +1,17 @@
-"""Integrations: closed deals from CRM workflow tools (n8n, Zapier, HubSpot, Salesforce)."""
+"""Integrations: closed deals from CRM workflow tools, outgoing webhooks, and the outbox behind them."""
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from typing import Annotated
+
+from flask import Blueprint, g, request, url_for
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.api import params, services
-from service.api.auth import WRITERS, requires
+from service.api.auth import ADMINS, WRITERS, requires
+from service.api.problems import Problem
 from service.events import deals
+from service.events.outbox import DESTINATIONS, STATUSES, SubscriptionError
+from service.events.schemas import Url
 from service.events.tables import utcnow
 
 bp = Blueprint("integrations", __name__)
@@ -23,3 +29,96 @@ def post_deal():
         body["url"] = services().settings.record_url(intake.stream_id)
         headers["Location"] = f"{request.script_root}/case-studies/{intake.stream_id}"
     return body, (201 if intake.decision == "created" else 200), headers
+
+
+# -- outgoing webhooks ---------------------------------------------------------------------------
+class WebhookRequest(BaseModel):
+    """A subscription: where to deliver, which event types (or ``*``), and optionally its secret."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    url: Url
+    types: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(min_length=1, max_length=20)]
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=200)] | None = None
+
+
+@bp.get("/webhooks")
+@requires(*ADMINS)
+def list_webhooks():
+    """Webhook subscriptions (never their secrets)."""
+    include_removed = params.choice("include_removed", ("true", "false")) == "true"
+    return {"items": [s.to_dict() for s in services().subscriptions.list(include_removed=include_removed)]}
+
+
+@bp.post("/webhooks")
+@requires(*ADMINS)
+def add_webhook():
+    """Subscribe a URL to event types; the secret is shown in this answer only."""
+    wanted = params.json_model(WebhookRequest, "the subscription")
+    try:
+        subscription, secret = services().subscriptions.add(wanted.url, wanted.types, wanted.secret)
+    except SubscriptionError as error:
+        raise Problem(422, "invalid_request", str(error), errors=[{"field": "", "message": str(error)}]) from None
+    return {**subscription.to_dict(), "secret": secret}, 201, {"Location": f"/webhooks/{subscription.id}"}
+
+
+@bp.get("/webhooks/<int:subscription_id>")
+@requires(*ADMINS)
+def get_webhook(subscription_id: int):
+    """One subscription."""
+    subscription = services().subscriptions.get(subscription_id)
+    if subscription is None:
+        raise Problem(404, "not_found", f"no webhook subscription {subscription_id}", id=subscription_id)
+    return subscription.to_dict()
+
+
+@bp.delete("/webhooks/<int:subscription_id>")
+@requires(*ADMINS)
+def remove_webhook(subscription_id: int):
+    """Stop delivering to a subscription; its undelivered messages become dead."""
+    try:
+        return services().subscriptions.remove(subscription_id).to_dict()
+    except SubscriptionError as error:
+        raise Problem(404, "not_found", str(error), id=subscription_id) from None
+
+
+# -- the outbox ------------------------------------------------------------------------------------
+@bp.get("/notifications")
+@requires(*ADMINS)
+def list_notifications():
+    """Outbox messages oldest first: pending, sent and dead, with attempts and the last error."""
+    filters = {"status": params.choice("status", STATUSES), "destination": params.choice("destination", DESTINATIONS)}
+    limit = params.bounded_int("limit", 100, 1, 1000)
+    outbox = services().outbox
+    found, next_cursor = outbox.list(**filters, limit=limit, cursor=params.text("cursor", 100))
+    given = {name: value for name, value in filters.items() if value}
+    depth = outbox.depth()
+    return {"items": [item.to_dict() for item in found], "next_cursor": next_cursor,
+            "next": url_for("integrations.list_notifications", **given, limit=limit, cursor=next_cursor)
+            if next_cursor else None,
+            "counts": depth.by_status,
+            "oldest_pending_at": depth.oldest_pending_at.isoformat() if depth.oldest_pending_at else None}
+
+
+def _message(message_id: int):
+    found = services().outbox.get(message_id)
+    if found is None:
+        raise Problem(404, "not_found", f"no notification {message_id}", id=message_id)
+    return found
+
+
+@bp.get("/notifications/<int:message_id>")
+@requires(*ADMINS)
+def get_notification(message_id: int):
+    """One outbox message."""
+    return _message(message_id).to_dict()
+
+
+@bp.post("/notifications/<int:message_id>/retry")
+@requires(*ADMINS)
+def retry_notification(message_id: int):
+    """Queue a dead message again, with its attempts reset."""
+    found = _message(message_id)
+    if not services().outbox.retry(message_id=message_id):
+        raise Problem(409, "not_dead", f"notification {message_id} is {found.status}; only dead ones are retried",
+                      status_now=found.status)
+    return _message(message_id).to_dict()

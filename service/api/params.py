@@ -6,11 +6,13 @@ import io
 import json
 import re
 from datetime import UTC, date, datetime, time
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 from flask import Response, request
 
 from service.api.problems import Problem
+
+M = TypeVar("M")
 
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -53,6 +55,21 @@ def json_body(what: str) -> bytes:
     if request.content_length is None:
         request.stream.read(1)  # a chunked body stops at the limit; reading past it raises 413
     return body
+
+
+def json_model(model: type[M], what: str) -> M:
+    """The JSON body validated by a pydantic ``model``; 422 ``invalid_request`` naming each field at fault."""
+    from pydantic import ValidationError
+
+    from service.events.schemas import error_list
+
+    try:
+        return model.model_validate_json(json_body(what))
+    except ValidationError as exc:
+        errors = error_list(exc)
+        first = errors[0]
+        raise Problem(422, "invalid_request", f"{first['field']}: {first['message']}" if first["field"]
+                      else first["message"], errors=errors) from None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

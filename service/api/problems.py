@@ -24,6 +24,8 @@ TITLES: dict[str, str] = {
     "unsupported_media_type": "Request body is not JSON",
     "invalid_event": "Invalid event",
     "invalid_deal": "Invalid deal",
+    "invalid_request": "Invalid request body",
+    "not_dead": "Notification is not dead",
     "internal_error": "Internal error",
     "stream_corrupt": "Stored stream cannot be replayed",
     "database_unavailable": "Database unavailable",

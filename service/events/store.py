@@ -34,6 +34,7 @@ from service.events.errors import (
     VersionConflict,
 )
 from service.events.integrity import GENESIS, event_hash
+from service.events.outbox import OutboxPlanner
 from service.events.tables import case_studies, events, utcnow
 from service.events.writes import LostRace, Session, writer_for
 
@@ -161,9 +162,11 @@ class EventStore:
     """Append to and read from the events table; keeps the state table in step."""
 
     def __init__(self, engine: Engine, *, handlers: Sequence[AppendHandler] = (),
-                 clock: Callable[[], datetime] = utcnow, cache_size: int = 10_000):
+                 clock: Callable[[], datetime] = utcnow, cache_size: int = 10_000,
+                 outbox: OutboxPlanner | None = None):
         self.engine = engine
         self.handlers = list(handlers)
+        self.outbox = outbox  # decides the notifications each append writes with its events
         self.clock = clock
         self._writer = writer_for(engine)
         self.cache_size = cache_size
@@ -186,6 +189,8 @@ class EventStore:
         if not new_events:
             raise ValueError("append needs at least one event")
         digests = [event.digest(stream_id) for event in new_events]
+        if self.outbox is not None:
+            self.outbox.refresh()  # any lookup it needs happens before the write's connection is taken
         attempt, use_cache = 0, True
         while attempt < MAX_ATTEMPTS:
             cached = self._states.get(stream_id) if use_cache else None
@@ -263,7 +268,8 @@ class EventStore:
             raise VersionConflict(stream_id, expected_version, version_before)
 
         now = self.clock()
-        rows = []
+        was_candidate = self.outbox.before(record) if self.outbox is not None else False
+        rows, statuses = [], []
         for index, (event, digest) in enumerate(zip(new_events, digests)):
             pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)
             try:
@@ -282,6 +288,7 @@ class EventStore:
                 event_id=row["event_id"], correlation_id=row["correlation_id"],
                 causation_id=row["causation_id"], prev_hash=row["prev_hash"])
             rows.append(row)
+            statuses.append(record.state)
 
         def stored_events(positions: list[int]) -> tuple[StoredEvent, ...]:
             return tuple(StoredEvent(position, r["event_id"], stream_id, r["version"], r["type"], r["data"],
@@ -297,7 +304,9 @@ class EventStore:
                     handler(conn, stored, record)
 
         state = state_row(record, head_hash)
-        positions = session.write(stream_id, version_before, rows, state, actor, now, after_write)
+        queued = (self.outbox.plan(was_candidate, record, rows, statuses, actor, now)
+                  if self.outbox is not None else [])
+        positions = session.write(stream_id, version_before, rows, state, actor, now, after_write, queued)
         return (AppendResult(stream_id, record, stored_events(positions), created=True),
                 (state["state_json"], head_hash))
 

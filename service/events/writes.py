@@ -21,11 +21,12 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import orjson
 import psycopg
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from service.events.db import transaction
 from service.events.errors import DatabaseUnavailable
-from service.events.tables import case_studies, events
+from service.events.tables import case_studies, events, outbox
 
 # Runs inside the write's transaction with the positions the events were given.
 AfterWrite = Callable[[Connection, list[int]], None]
@@ -42,7 +43,8 @@ class Session(Protocol):
     def read_state(self, stream_id: str) -> tuple[dict[str, Any] | None, str | None]: ...
 
     def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
-              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]: ...
+              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None,
+              queued: Sequence[dict[str, Any]] = ()) -> list[int]: ...
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -61,14 +63,25 @@ _PG_STATE_COLUMNS = ("status, version, csm, account_id, account_name, committed_
                      "last_activity_at, state, head_hash")
 _PG_STATE_VALUES = ("%(status)s, %(version)s, %(csm)s, %(account_id)s, %(account_name)s, %(committed_at)s, "
                     "%(entered_status_at)s, %(last_activity_at)s, %(state)s::json, %(head_hash)s")
+# Outbox rows (outbox.py) go in with the events, in the same statement, only if the state row moved.
+_PG_QUEUE = (
+    "queued AS (INSERT INTO outbox (destination, subscription_id, kind, stream_id, event_id, dedupe_key, payload, "
+    "status, attempts, next_attempt_at, created_at) "
+    "SELECT o.destination, o.subscription_id, o.kind, claimed.id, o.event_id, o.dedupe_key, o.payload, "
+    "'pending', 0, %(recorded_at)s, %(recorded_at)s "
+    "FROM claimed CROSS JOIN jsonb_to_recordset(%(queued)s::jsonb) AS o(destination varchar, "
+    "subscription_id integer, kind varchar, event_id varchar, dedupe_key varchar, payload json) "
+    "ON CONFLICT (dedupe_key) DO NOTHING) ")
 # A new stream: the events go in only if this statement created the state row.
-_PG_CREATE = (
-    f"WITH claimed AS (INSERT INTO case_studies (id, {_PG_STATE_COLUMNS}) VALUES (%(id)s, {_PG_STATE_VALUES}) "
-    f"ON CONFLICT (id) DO NOTHING RETURNING id) {_PG_EVENTS}")
+_PG_CLAIM_NEW = (f"claimed AS (INSERT INTO case_studies (id, {_PG_STATE_COLUMNS}) VALUES (%(id)s, {_PG_STATE_VALUES}) "
+                 f"ON CONFLICT (id) DO NOTHING RETURNING id) ")
 # An existing stream: the events go in only if the row was still at the version decided on.
-_PG_MOVE = (
-    f"WITH claimed AS (UPDATE case_studies SET ({_PG_STATE_COLUMNS}) = ({_PG_STATE_VALUES}) "
-    f"WHERE id = %(id)s AND version = %(old_version)s RETURNING id) {_PG_EVENTS}")
+_PG_CLAIM_MOVE = (f"claimed AS (UPDATE case_studies SET ({_PG_STATE_COLUMNS}) = ({_PG_STATE_VALUES}) "
+                  f"WHERE id = %(id)s AND version = %(old_version)s RETURNING id) ")
+# (new stream?, outbox rows?) -> statement
+_PG_WRITE = {(new, queue): f"WITH {_PG_CLAIM_NEW if new else _PG_CLAIM_MOVE}{', ' + _PG_QUEUE if queue else ''}"
+                          f"{_PG_EVENTS}"
+             for new in (True, False) for queue in (True, False)}
 
 
 class _PostgresSession:
@@ -82,13 +95,16 @@ class _PostgresSession:
         return (row[0], row[1]) if row else (None, None)
 
     def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
-              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]:
+              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None,
+              queued: Sequence[dict[str, Any]] = ()) -> list[int]:
         params = {**state, "id": stream_id, "old_version": version_before, "actor": actor,
                   "recorded_at": recorded_at, "state": state["state_json"],
                   "events": orjson.dumps([{**row, "occurred_at": row["occurred_at"].isoformat()}
                                           for row in rows]).decode()}
+        if queued:
+            params["queued"] = orjson.dumps(queued).decode()
         try:
-            returned = self.driver.execute(_PG_CREATE if version_before == 0 else _PG_MOVE, params).fetchall()
+            returned = self.driver.execute(_PG_WRITE[version_before == 0, bool(queued)], params).fetchall()
         except psycopg.IntegrityError:
             raise LostRace() from None
         if not returned:
@@ -145,6 +161,7 @@ _SQLITE_CLAIM_MOVE = (update(case_studies)
                              case_studies.c.version == bindparam("p_old_version"))
                       .values(**{column: bindparam(f"p_{column}") for column in STATE_COLUMNS}))
 _SQLITE_INSERT_EVENT = insert(events).returning(events.c.position)
+_SQLITE_QUEUE = sqlite_insert(outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
 _SQLITE_READ_STATE = (select(case_studies.c.state, case_studies.c.head_hash)
                       .where(case_studies.c.id == bindparam("p_id")))
 
@@ -163,11 +180,12 @@ class _SqliteSession:
         return (row.state, row.head_hash) if row else (None, None)
 
     def write(self, stream_id: str, version_before: int, rows: Sequence[dict[str, Any]],
-              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None) -> list[int]:
+              state: dict[str, Any], actor: str, recorded_at, after_write: AfterWrite | None,
+              queued: Sequence[dict[str, Any]] = ()) -> list[int]:
         if self.conn is None:
             with transaction(self.engine) as conn:
                 return _SqliteSession(self.engine, conn).write(stream_id, version_before, rows, state, actor,
-                                                               recorded_at, after_write)
+                                                               recorded_at, after_write, queued)
         claim = {"p_id": stream_id, "p_old_version": version_before,
                  **{f"p_{column}": state[column] for column in STATE_COLUMNS}}
         try:
@@ -178,6 +196,10 @@ class _SqliteSession:
             positions = [self.conn.execute(_SQLITE_INSERT_EVENT, {
                 **row, "stream_id": stream_id, "actor": actor, "recorded_at": recorded_at,
             }).scalar_one() for row in rows]
+            if queued:
+                self.conn.execute(_SQLITE_QUEUE, [{**row, "stream_id": stream_id, "status": "pending", "attempts": 0,
+                                                   "next_attempt_at": recorded_at, "created_at": recorded_at}
+                                                  for row in queued])
         except IntegrityError:
             raise LostRace() from None
         if after_write is not None:

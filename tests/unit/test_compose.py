@@ -1,4 +1,5 @@
-"""docker-compose.yml is valid and wires PostgreSQL, a one-shot migration, the API and the projections worker."""
+"""docker-compose.yml is valid and wires PostgreSQL, a one-shot migration, the API, the projections worker
+and the notifications dispatcher."""
 from __future__ import annotations
 
 import shutil
@@ -20,3 +21,4 @@ def test_the_compose_file_validates_and_runs_migrations_before_the_api():
     assert "service_completed_successfully" in config and "service_healthy" in config
     assert "postgresql+psycopg://" in config and "casestudies" in config
     assert "--no-projectors" in config and "projections" in config and "run" in config
+    assert "--no-notifications" in config and "notifications" in config and "SLACK_WEBHOOK_URL" in config

@@ -1,0 +1,276 @@
+"""The dispatcher: delivers the outbox to Slack and to webhook subscribers, at least once.
+
+A dispatcher claims due messages by giving them a lease (a short transaction; with SKIP LOCKED
+on PostgreSQL, so several dispatchers share the work), sends each outside any transaction, and
+marks it sent, or failed with its next attempt after an exponential back-off, or dead after
+the configured number of attempts. A 429 from a receiver pauses everything for that receiver
+until its ``Retry-After`` has passed and does not count as an attempt. A dispatcher that dies
+between sending and marking leaves the message pending: once its lease runs out it is sent
+again. Delivery is therefore at least once; a receiver recognises a repeat by the CloudEvents
+``id`` (Slack cannot, so a crash in that window can post one message twice).
+
+It also looks for records that have become stuck (time passing makes them so, not an event)
+and announces each finding once, in one Slack message per scan.
+"""
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import hmac
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Callable
+
+import httpx
+import orjson
+import structlog
+from sqlalchemy import Engine, delete, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+
+from service.events.db import is_sqlite, transaction
+from service.events.outbox import MESSAGE_COLUMNS, Message, Subscriptions, backoff, message, records_stuck_message
+from service.events.projections import Projections
+from service.events.tables import outbox, stuck_announcements, utcnow
+
+log = structlog.get_logger("casestudies.notifications")
+
+SIGNATURE_HEADER = "X-Casestudies-Signature"
+USER_AGENT = "casestudies-dispatcher/1"
+CLAIM_BATCH = 10
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    slack_webhook_url: str | None
+    max_attempts: int = 10
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    timeout_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    stuck_scan_seconds: float = 3600.0
+    public_base_url: str = "http://127.0.0.1:8000"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header's value: ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one send went: ``status`` is the receiver's HTTP status (None: no answer)."""
+
+    ok: bool
+    status: int | None
+    error: str | None
+    wait_seconds: float | None = None  # the receiver asked us to wait this long (429)
+    final: bool = False  # no later attempt can succeed
+
+
+def _receiver(item: Message) -> str:
+    """Who receives ``item``: a 429 pauses everything for the same receiver."""
+    return "slack" if item.destination == "slack" else f"webhook:{item.subscription_id}"
+
+
+class Dispatcher:
+    """Claims, sends and marks outbox messages; scans for newly stuck records."""
+
+    def __init__(self, engine: Engine, subscriptions: Subscriptions, projections: Projections,
+                 settings: DispatchSettings, *, clock: Callable[[], datetime] = utcnow,
+                 client: httpx.Client | None = None):
+        self.engine = engine
+        self.subscriptions = subscriptions
+        self.projections = projections
+        self.settings = settings
+        self.clock = clock
+        self.client = client or httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
+                                              headers={"User-Agent": USER_AGENT})
+        self._paused_until: dict[str, datetime] = {}  # receiver ("slack", "webhook:3") -> when it may be tried
+
+    # -- claiming and marking ------------------------------------------------------------------
+    def claim(self, limit: int = CLAIM_BATCH) -> list[Message]:
+        """Lease up to ``limit`` due messages to this dispatcher, oldest due first."""
+        now = self.clock()
+        paused = {key for key, until in self._paused_until.items() if until > now}
+        due = (select(outbox.c.id)
+               .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now,
+                      or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
+               .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit))
+        if "slack" in paused:
+            due = due.where(outbox.c.destination != "slack")
+        paused_subscriptions = [int(key.split(":")[1]) for key in paused if key.startswith("webhook:")]
+        if paused_subscriptions:
+            due = due.where(or_(outbox.c.subscription_id.is_(None),
+                                outbox.c.subscription_id.not_in(paused_subscriptions)))
+        with transaction(self.engine) as conn:
+            if is_sqlite(self.engine):  # writers take turns: no row locks to skip
+                ids = list(conn.execute(due).scalars())
+            else:
+                ids = list(conn.execute(due.with_for_update(skip_locked=True)).scalars())
+            if not ids:
+                return []
+            rows = conn.execute(update(outbox).where(outbox.c.id.in_(ids))
+                                .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds))
+                                .returning(*MESSAGE_COLUMNS))
+            return sorted((message(row) for row in rows), key=lambda m: (m.next_attempt_at, m.id))
+
+    def _mark(self, message_id: int, **values) -> None:
+        with transaction(self.engine) as conn:
+            conn.execute(update(outbox).where(outbox.c.id == message_id, outbox.c.status == "pending")
+                         .values(lease_until=None, **values))
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, item: Message) -> Attempt:
+        """One attempt at delivering ``item`` (no retries here)."""
+        if item.destination == "slack":
+            if not self.settings.slack_webhook_url:
+                return Attempt(False, None, "SLACK_WEBHOOK_URL is not set for the dispatcher")
+            return self._post(self.settings.slack_webhook_url, orjson.dumps(item.payload),
+                              {"Content-Type": "application/json"})
+        subscription = self.subscriptions.get(item.subscription_id) if item.subscription_id else None
+        if subscription is None or subscription.removed_at is not None:
+            return Attempt(False, None, "the webhook subscription was removed", final=True)
+        body = orjson.dumps(item.payload)
+        return self._post(subscription.url, body, {
+            "Content-Type": "application/cloudevents+json; charset=utf-8",
+            SIGNATURE_HEADER: sign(subscription.secret, int(time.time()), body),
+        })
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+        try:
+            response = self.client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return Attempt(False, None, f"no answer within {self.settings.timeout_seconds:g} s")
+        except httpx.TransportError as error:
+            return Attempt(False, None, f"could not connect: {type(error).__name__}")
+        if 200 <= response.status_code < 300:
+            return Attempt(True, response.status_code, None)
+        detail = response.text[:200].strip()
+        error = f"HTTP {response.status_code}" + (f": {detail}" if detail else "")
+        if response.status_code == 429:
+            wait = retry_after(response.headers.get("Retry-After"), self.clock())
+            return Attempt(False, 429, error, wait_seconds=wait if wait is not None else self.settings.backoff_seconds)
+        return Attempt(False, response.status_code, error)
+
+    def deliver(self, item: Message) -> Attempt:
+        """Send ``item`` once and record the outcome."""
+        attempt = self.send(item)
+        now = self.clock()
+        fields = {"id": item.id, "destination": item.destination, "kind": item.kind, "stream_id": item.stream_id,
+                  "subscription_id": item.subscription_id, "attempt": item.attempts + 1, "http_status": attempt.status}
+        if attempt.ok:
+            self._mark(item.id, status="sent", sent_at=now, attempts=item.attempts + 1, last_status=attempt.status,
+                       last_error=None)
+            log.info("notification_sent", **fields)
+        elif attempt.wait_seconds is not None:  # rate limited: wait as asked, not an attempt against it
+            wait = min(attempt.wait_seconds, self.settings.backoff_max_seconds)
+            until = now + timedelta(seconds=wait)
+            self._paused_until[_receiver(item)] = until
+            self._mark(item.id, next_attempt_at=until, last_status=429, last_error=attempt.error)
+            log.info("notification_rate_limited", retry_in=wait, **fields)
+        elif attempt.final or item.attempts + 1 >= self.settings.max_attempts:
+            self._mark(item.id, status="dead", attempts=item.attempts + 1, last_status=attempt.status,
+                       last_error=attempt.error)
+            log.warning("notification_dead", error=attempt.error, **fields)
+        else:
+            delay = backoff(item.attempts + 1, self.settings.backoff_seconds, self.settings.backoff_max_seconds)
+            self._mark(item.id, attempts=item.attempts + 1, next_attempt_at=now + delay,
+                       last_status=attempt.status, last_error=attempt.error)
+            log.info("notification_failed", error=attempt.error, retry_in=delay.total_seconds(), **fields)
+        return attempt
+
+    def run_once(self) -> int:
+        """Claim one batch and deliver it; how many messages were tried."""
+        batch = self.claim()
+        tried = 0
+        for item in batch:
+            until = self._paused_until.get(_receiver(item))
+            if until is not None and until > self.clock():  # paused by a 429 earlier in this batch
+                self._mark(item.id)  # give the lease back
+                continue
+            self.deliver(item)
+            tried += 1
+        return tried
+
+    # -- stuck records ----------------------------------------------------------------------
+    def scan_stuck(self) -> int:
+        """Announce, in one Slack message, every stuck finding not announced before; how many."""
+        if not self.settings.slack_webhook_url:
+            return 0
+        now = self.clock()
+        rows = self.projections.stuck(as_of=now, now=now)
+        current = {(row.record.id, row.finding.code, row.finding.since): row for row in rows}
+        insert_new = (sqlite_insert if is_sqlite(self.engine) else pg_insert)(stuck_announcements)
+        keys = (stuck_announcements.c.stream_id, stuck_announcements.c.code, stuck_announcements.c.since)
+        with transaction(self.engine) as conn:
+            new = []
+            ordered = list(current)
+            for start in range(0, len(ordered), 500):
+                chunk = [{"stream_id": s, "code": c, "since": t, "announced_at": now}
+                         for s, c, t in ordered[start:start + 500]]
+                new += [tuple(row) for row in conn.execute(
+                    insert_new.values(chunk).on_conflict_do_nothing().returning(*keys))]
+            # Findings that no longer hold are forgotten, so the table stays the size of the stuck list.
+            gone = [key for key in conn.execute(select(*keys)) if tuple(key) not in current]
+            for start in range(0, len(gone), 500):
+                conn.execute(delete(stuck_announcements).where(tuple_(*keys).in_(gone[start:start + 500])))
+            if new:
+                order = {key: index for index, key in enumerate(ordered)}  # the stuck list's own order
+                found = [(current[key].record, current[key].finding) for key in sorted(new, key=order.__getitem__)]
+                base = self.settings.public_base_url.rstrip("/")
+                conn.execute(insert(outbox).values(
+                    destination="slack", kind="records_stuck", dedupe_key=f"slack:records_stuck:{now.isoformat()}",
+                    payload=records_stuck_message(found, lambda i: f"{base}/case-studies/{i}",
+                                                  f"{base}/projections/stuck"),
+                    status="pending", attempts=0, next_attempt_at=now, created_at=now))
+        if new:
+            log.info("stuck_announced", findings=len(new))
+        return len(new)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,
+            parent_pid: int | None = None) -> None:
+        """Deliver until ``stop`` is set (or process ``parent_pid`` is gone); scan for stuck records
+        every ``stuck_scan_seconds`` (0: never). A database that cannot be reached is retried with backoff."""
+        next_scan, delay = time.monotonic(), poll_seconds
+        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
+            try:
+                if self.settings.stuck_scan_seconds > 0 and time.monotonic() >= next_scan:
+                    self.scan_stuck()
+                    next_scan = time.monotonic() + self.settings.stuck_scan_seconds
+                tried = self.run_once()
+                delay = poll_seconds
+            except Exception as error:  # the dispatcher outlives any one failure; it retries with backoff
+                delay = min(max_backoff, delay * 2)
+                if isinstance(error, DBAPIError):
+                    log.warning("notifications_database_error", retry_in=delay,
+                                error=str(error.orig).splitlines()[0] if error.orig else str(error))
+                else:
+                    log.exception("notifications_unexpected_error", retry_in=delay)
+                stop.wait(delay)
+                continue
+            if not tried:
+                stop.wait(poll_seconds)
+        self.client.close()

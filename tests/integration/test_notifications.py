@@ -1,0 +1,314 @@
+"""Slack notifications and outgoing webhooks through the outbox, on SQLite and PostgreSQL.
+
+A real HTTP server on loopback (tests/receiver.py) stands in for Slack and for a webhook consumer.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from service import create_app, migrations
+from service.bootstrap import build, dispatcher
+from service.config import Settings
+from service.domain import GuardFailed
+from service.events.db import make_engine
+from service.events.dispatch import SIGNATURE_HEADER
+from service.events.store import NewEvent
+from service.events.tables import outbox, stuck_announcements, utcnow, webhook_subscriptions
+from tests.conftest import BACKENDS, Database, _drop_postgres, _fresh_postgres, unique_id
+from tests.factories import COMMITTED
+from tests.receiver import Receiver, Response
+
+CLOSED_PORT_URL = "http://127.0.0.1:9/hook"  # discard: nothing listens there
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def notify_db(request, tmp_path_factory):
+    """A database of its own for this module: the outbox and subscriptions are global state."""
+    if request.param == "sqlite":
+        url, server = f"sqlite:///{tmp_path_factory.mktemp('notify') / 'n.db'}", None
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = _fresh_postgres(server)
+    engine = make_engine(url, pool_size=10)
+    migrations.upgrade(engine)
+    yield Database(request.param, url, engine)
+    engine.dispose()
+    if server:
+        _drop_postgres(server, url)
+
+
+@pytest.fixture(autouse=True)
+def empty_outbox(notify_db):
+    with notify_db.engine.begin() as conn:
+        for table in (outbox, webhook_subscriptions, stuck_announcements):
+            conn.execute(delete(table))
+    yield
+
+
+class Clock:
+    """The real time plus an offset a test moves forward."""
+
+    def __init__(self):
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+def wire(db: Database, slack_url: str | None = None, **settings):
+    services = build(Settings(database_url=db.url, log_format="json", slack_webhook_url=slack_url,
+                              notify_backoff_seconds=10, notify_timeout_seconds=2, notify_lease_seconds=30,
+                              webhook_cache_seconds=0, public_base_url="https://cs.example.com", **settings),
+                     engine=db.engine)
+    clock = Clock()
+    sender = dispatcher(services)
+    sender.clock = clock
+    return services, sender, clock
+
+
+def commit(services, stream: str | None = None, **overrides) -> str:
+    stream = stream or unique_id("n")
+    services.store.append(stream, [NewEvent("committed", {**COMMITTED, **overrides})], actor="crm-automation")
+    return stream
+
+
+def rows(db: Database) -> list:
+    with db.engine.connect() as conn:
+        return list(conn.execute(select(outbox).order_by(outbox.c.id)))
+
+
+def test_a_new_record_is_announced_in_slack_with_customer_csm_and_link(notify_db):
+    with Receiver() as slack:
+        services, sender, _ = wire(notify_db, slack.url)
+        stream = commit(services, account={"id": "a1", "name": "Acme <Air> & Co"})
+        queued = rows(notify_db)
+        assert [(r.destination, r.kind, r.stream_id, r.status) for r in queued] == [
+            ("slack", "record_created", stream, "pending")]  # written with the event, before any delivery
+        assert sender.run_once() == 1
+        assert len(slack.received) == 1
+        text = slack.received[0].json()["text"]
+        assert "Acme &lt;Air&gt; &amp; Co" in text and "CSM Dana" in text
+        assert f"<https://cs.example.com/case-studies/{stream}|{stream}>" in text
+        assert slack.received[0].headers["content-type"] == "application/json"
+        sent = rows(notify_db)[0]
+        assert sent.status == "sent" and sent.attempts == 1 and sent.last_status == 200 and sent.sent_at
+        assert sender.run_once() == 0  # nothing is sent twice
+
+
+def test_a_refused_write_queues_nothing_and_an_unconfigured_slack_queues_nothing(notify_db):
+    services, _, _ = wire(notify_db, CLOSED_PORT_URL)
+    stream = commit(services)
+    with pytest.raises(GuardFailed):
+        services.store.append(stream, [NewEvent("reassigned", {"csm": COMMITTED["csm"]})], actor="x")
+    with pytest.raises(Exception):
+        commit(services, stream)  # already exists
+    assert len(rows(notify_db)) == 1
+    quiet, _, _ = wire(notify_db, None)
+    commit(quiet)
+    assert len(rows(notify_db)) == 1
+
+
+def test_slack_being_down_never_blocks_or_undoes_a_write(notify_db):
+    services, sender, _ = wire(notify_db, CLOSED_PORT_URL)
+    stream = commit(services)
+    services.store.append(stream, [NewEvent("started", {})], actor="csm-tool")
+    assert services.store.record(stream).version == 2
+    sender.run_once()
+    (row,) = rows(notify_db)
+    assert row.status == "pending" and row.attempts == 1 and "could not connect" in row.last_error
+    assert services.store.record(stream).version == 2
+
+
+def test_a_failed_delivery_is_retried_with_exponential_back_off(notify_db):
+    with Receiver(Response(500, body=b"oops"), Response(503), Response(200)) as slack:
+        services, sender, clock = wire(notify_db, slack.url)
+        commit(services)
+        sender.run_once()
+        first = rows(notify_db)[0]
+        assert (first.status, first.attempts, first.last_status, first.last_error) == ("pending", 1, 500, "HTTP 500: oops")
+        assert timedelta(seconds=9) < first.next_attempt_at - utcnow() <= timedelta(seconds=10)
+        assert sender.run_once() == 0  # not due yet
+        clock.offset = timedelta(seconds=11)
+        sender.run_once()
+        second = rows(notify_db)[0]
+        assert second.attempts == 2 and second.last_status == 503
+        assert timedelta(seconds=19) < second.next_attempt_at - clock() <= timedelta(seconds=20)  # doubled
+        clock.offset += timedelta(seconds=21)
+        sender.run_once()
+        assert rows(notify_db)[0].status == "sent" and len(slack.received) == 3
+
+
+def test_a_429_waits_as_long_as_retry_after_says_and_pauses_that_receiver(notify_db):
+    with Receiver(Response(429, {"Retry-After": "30"}), Response(200)) as slack:
+        services, sender, clock = wire(notify_db, slack.url)
+        commit(services)
+        commit(services)
+        assert sender.run_once() == 1  # both claimed; the second is not tried once Slack said 429
+        assert len(slack.received) == 1
+        limited, untried = rows(notify_db)
+        assert (limited.status, limited.last_status, limited.attempts) == ("pending", 429, 0)  # not held against it
+        assert timedelta(seconds=29) < limited.next_attempt_at - utcnow() <= timedelta(seconds=30)
+        assert (untried.status, untried.attempts, untried.lease_until) == ("pending", 0, None)
+        commit(services)
+        assert sender.run_once() == 0  # Slack is paused: nothing goes to it, not even a new message
+        assert len(slack.received) == 1
+        clock.offset = timedelta(seconds=31)
+        assert sender.run_once() == 3
+        assert {r.status for r in rows(notify_db)} == {"sent"} and len(slack.received) == 4
+
+
+def test_after_the_configured_attempts_a_message_is_dead_and_can_be_retried(notify_db, keys_for):
+    with Receiver(Response(500)) as slack:
+        services, sender, clock = wire(notify_db, slack.url, notify_max_attempts=3)
+        commit(services)
+        for _ in range(3):
+            sender.run_once()
+            clock.offset += timedelta(hours=2)
+        (dead,) = rows(notify_db)
+        assert (dead.status, dead.attempts, dead.last_status) == ("dead", 3, 500)
+        assert sender.run_once() == 0
+        client, admin = keys_for(services)
+        listed = client.get("/notifications?status=dead", headers=admin).get_json()
+        assert [item["id"] for item in listed["items"]] == [dead.id]
+        assert listed["counts"]["slack"]["dead"] == 1 and listed["items"][0]["last_error"] == "HTTP 500: ok"
+        assert client.get("/notifications?status=pending", headers=admin).get_json()["items"] == []
+        retried = client.post(f"/notifications/{dead.id}/retry", headers=admin)
+        assert retried.status_code == 200 and retried.get_json()["status"] == "pending"
+        assert retried.get_json()["attempts"] == 0
+        again = client.post(f"/notifications/{dead.id}/retry", headers=admin)
+        assert again.status_code == 409 and again.get_json()["code"] == "not_dead"
+        slack.responses = [Response(200)]
+        assert sender.run_once() == 1 and rows(notify_db)[0].status == "sent"
+
+
+@pytest.fixture
+def keys_for():
+    """A test client of an app on the given services, with an admin key."""
+    def make(services):
+        key = services.keys.create(f"admin-{uuid.uuid4().hex[:6]}", "admin")
+        return create_app(services=services).test_client(), {"Authorization": f"Bearer {key}"}
+    return make
+
+
+def test_webhooks_get_signed_cloudevents_for_the_types_they_asked_for(notify_db):
+    with Receiver() as consumer:
+        services, sender, _ = wire(notify_db)
+        subscription, secret = services.subscriptions.add(consumer.url, ["committed", "published"],
+                                                          "s3cret-s3cret-s3cret")
+        stream = commit(services)
+        services.store.append(stream, [NewEvent("started", {})], actor="csm-tool")
+        assert sender.run_once() == 1
+        (delivery,) = consumer.received
+        event = delivery.json()
+        stored = services.store.load(stream)[0]
+        assert event["specversion"] == "1.0" and event["id"] == stored.event_id
+        assert event["type"] == "com.casestudies.casestudy.committed" and event["subject"] == stream
+        assert event["source"] == "https://cs.example.com/case-studies"
+        assert event["time"] == stored.occurred_at.isoformat() and event["datacontenttype"] == "application/json"
+        assert event["data"]["data"] == stored.data and event["data"]["version"] == 1
+        assert event["data"]["status"] == "not_started" and event["data"]["actor"] == "crm-automation"
+        assert delivery.headers["content-type"].startswith("application/cloudevents+json")
+        # the receiver's check: HMAC-SHA256 over "<timestamp>.<body>" with the shared secret
+        parts = dict(part.split("=", 1) for part in delivery.headers[SIGNATURE_HEADER.lower()].split(","))
+        expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + delivery.body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(parts["v1"], expected)
+        assert abs(int(parts["t"]) - utcnow().timestamp()) < 60
+        wrong = hmac.new(b"another-secret", f"{parts['t']}.".encode() + delivery.body, hashlib.sha256).hexdigest()
+        assert parts["v1"] != wrong
+
+
+def test_a_batch_queues_one_delivery_per_event_in_its_transaction(notify_db):
+    with Receiver() as consumer:
+        services, sender, _ = wire(notify_db)
+        services.subscriptions.add(consumer.url, ["*"], "s3cret-s3cret-s3cret")
+        stream = unique_id("b")
+        services.store.append(stream, [NewEvent("committed", COMMITTED), NewEvent("started", {}),
+                                       NewEvent("held", {"reason": "reorg"})], actor="backfill")
+        with pytest.raises(GuardFailed):
+            services.store.append(stream, [NewEvent("resumed", {}), NewEvent("reassigned", {"csm": "Dana"})],
+                                  actor="backfill")
+        assert [r.kind for r in rows(notify_db)] == ["event"] * 3
+        sender.run_once()
+        assert [(d.json()["data"]["version"], d.json()["data"]["status"]) for d in consumer.received] == [
+            (1, "not_started"), (2, "in_progress"), (3, "on_hold")]
+
+
+def test_a_removed_subscription_gets_nothing_more_and_its_queue_dies(notify_db):
+    with Receiver() as consumer:
+        services, sender, _ = wire(notify_db)
+        subscription, _ = services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
+        commit(services)
+        services.subscriptions.remove(subscription.id)
+        commit(services)
+        sender.run_once()
+        assert consumer.received == []
+        (row,) = rows(notify_db)
+        assert row.status == "dead" and row.last_error == "the webhook subscription was removed"
+
+
+def test_two_dispatchers_share_the_queue_without_sending_anything_twice(notify_db):
+    with Receiver() as consumer:
+        services, first, _ = wire(notify_db)
+        _, second, _ = wire(notify_db)
+        services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
+        for _ in range(30):
+            commit(services)
+        barrier = threading.Barrier(2)
+
+        def drain(sender):
+            barrier.wait()
+            while sender.run_once():
+                pass
+
+        threads = [threading.Thread(target=drain, args=(s,)) for s in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ids = [d.json()["id"] for d in consumer.received]
+        assert len(ids) == 30 and len(set(ids)) == 30
+        assert {r.status for r in rows(notify_db)} == {"sent"}
+
+
+def test_a_record_that_becomes_stuck_is_announced_once(notify_db):
+    with Receiver() as slack:
+        services, sender, _ = wire(notify_db, slack.url)
+        old = unique_id("stale")
+        services.store.append(old, [NewEvent("committed", COMMITTED, occurred_at=utcnow() - timedelta(days=30))],
+                              actor="crm")
+        commit(services)  # new, not stuck
+        sender.run_once()
+        slack.received.clear()
+        assert sender.scan_stuck() == 1
+        assert sender.scan_stuck() == 0  # already announced
+        sender.run_once()
+        (message,) = slack.received
+        text = message.json()["text"]
+        assert text.startswith("1 case study became stuck:") and old in text and "has not started" in text
+        services.store.append(old, [NewEvent("started", {})], actor="csm")
+        assert sender.scan_stuck() == 0
+        with notify_db.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(stuck_announcements)).scalar() == 0
+
+
+def test_a_record_that_becomes_a_candidate_is_announced(notify_db):
+    with Receiver() as slack:
+        services, sender, _ = wire(notify_db, slack.url)
+        stream = commit(services)
+        for event in (NewEvent("started", {}),
+                      NewEvent("metrics_recorded", {"kind": "baseline", "metrics": {"tickets": 100}}),
+                      NewEvent("metrics_recorded", {"kind": "current", "metrics": {"tickets": 150}}),
+                      NewEvent("nps_recorded", {"score": 9}),
+                      NewEvent("nps_recorded", {"score": 10})):
+            services.store.append(stream, [event], actor="csm")
+        assert [r.kind for r in rows(notify_db)] == ["record_created", "new_candidate"]
+        sender.run_once()
+        text = slack.received[1].json()["text"]
+        assert text.startswith("New case study candidate: *Acme Air*: tickets 50% better, NPS 9")
