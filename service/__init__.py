@@ -1,16 +1,23 @@
 """The case study pipeline service: event-sourced case study records over HTTP."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask
 
-from service.bootstrap import Services, build
 from service.config import Settings
 from service.logs import configure_logging
 
+if TYPE_CHECKING:
+    from service.bootstrap import Services
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+
+def create_app(settings: Settings | None = None, services: "Services | None" = None) -> Flask:
     """Build the Flask app; nothing connects to the database until a request needs it."""
+    # Imported here, not at the top: `casestudies serve` must set PROMETHEUS_MULTIPROC_DIR before
+    # anything imports prometheus_client (through the store), and it imports this package first.
     from service.api import register
+    from service.bootstrap import build
     from service.api.jsonprovider import OrjsonProvider
 
     settings = settings or (services.settings if services else Settings.from_env())

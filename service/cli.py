@@ -55,11 +55,18 @@ def main() -> None:
 def serve(host: str, port: int, workers: int, threads: int, projectors: bool, notifications: bool) -> None:
     """Serve the API with gunicorn."""
     import os
+    import shutil
     import subprocess
+    import tempfile
 
     from service.wsgi import serve as run
 
     _settings()
+    # Each gunicorn worker is a process: its metrics go to files here, summed by whichever
+    # worker answers a scrape. Set before anything imports prometheus_client.
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="casestudies-metrics-")
     beside = [group for group, wanted in (("projections", projectors), ("notifications", notifications)) if wanted]
     helpers = [subprocess.Popen([sys.executable, "-m", "service.cli", group, "run", "--parent", str(os.getpid())])
                for group in beside]
@@ -73,6 +80,8 @@ def serve(host: str, port: int, workers: int, threads: int, projectors: bool, no
                 helper.wait(10)
             except subprocess.TimeoutExpired:
                 helper.kill()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @main.group()

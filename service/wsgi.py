@@ -1,6 +1,7 @@
 """The production server: gunicorn running ``create_app()`` in each worker."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from gunicorn.app.base import BaseApplication
@@ -30,10 +31,19 @@ def app():
     return create_app()
 
 
+def _worker_gone(server, worker) -> None:
+    """gunicorn's child_exit hook: let prometheus_client drop a dead worker's live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def serve(host: str, port: int, workers: int, threads: int = 1, load: Callable = app) -> None:
     """Run gunicorn in the foreground; each worker calls ``load`` and so builds its own app and pool."""
     settings = Settings.from_env()
+    hooks = {"child_exit": _worker_gone} if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else {}
     _Gunicorn({
+        **hooks,
         "logconfig_dict": stdlib_logging_config(settings.log_format, settings.log_level),
         "bind": f"{host}:{port}",
         "workers": workers,

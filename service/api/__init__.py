@@ -13,10 +13,12 @@ def services() -> Services:
 
 def register(app: Flask) -> None:
     """Attach blueprints, error handlers and request logging to ``app``."""
-    from service.api import audit, case_studies, errors, feed, health, integrations, projections, reports, requestlog
+    from service.api import (audit, case_studies, errors, feed, health, integrations, metrics, projections, reports,
+                             requestlog)
 
     requestlog.register(app)
     errors.register(app)
+    metrics.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(case_studies.bp)
     app.register_blueprint(projections.bp)
@@ -24,3 +26,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(feed.bp)
     app.register_blueprint(reports.bp)
     app.register_blueprint(integrations.bp)
+    app.register_blueprint(metrics.bp)

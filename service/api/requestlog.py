@@ -8,6 +8,8 @@ import uuid
 import structlog
 from flask import Flask, g, request
 
+from service.api.metrics import HTTP_REQUESTS
+
 log = structlog.get_logger("casestudies.request")
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -30,6 +32,8 @@ def register(app: Flask) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id
         principal = g.get("principal")
         started = g.get("started")
+        HTTP_REQUESTS.labels(request.method, request.url_rule.rule if request.url_rule else "unmatched",
+                             str(response.status_code)).inc()
         log.info("request", method=request.method, path=request.path, status=response.status_code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2) if started else None,
                  key=principal.name if principal else None)

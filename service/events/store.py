@@ -34,6 +34,7 @@ from service.events.errors import (
     VersionConflict,
 )
 from service.events.integrity import GENESIS, event_hash
+from service.events.metrics import APPEND_SECONDS, EVENTS_APPENDED
 from service.events.outbox import OutboxPlanner
 from service.events.tables import case_studies, events, utcnow
 from service.events.writes import LostRace, Session, writer_for
@@ -188,6 +189,15 @@ class EventStore:
         """
         if not new_events:
             raise ValueError("append needs at least one event")
+        with APPEND_SECONDS.time():
+            result = self._append(stream_id, new_events, actor, expected_version)
+        if result.created:
+            for event in result.events:
+                EVENTS_APPENDED.labels(event.type).inc()
+        return result
+
+    def _append(self, stream_id: str, new_events: Sequence[NewEvent], actor: str,
+                expected_version: int | None) -> AppendResult:
         digests = [event.digest(stream_id) for event in new_events]
         if self.outbox is not None:
             self.outbox.refresh()  # any lookup it needs happens before the write's connection is taken

@@ -174,3 +174,21 @@ def test_readyz_says_not_ready_until_the_database_is_migrated(fresh_database, tm
     answer = app.test_client().get("/readyz")
     assert answer.status_code == 503 and answer.get_json()["code"] == "not_ready"
     assert "casestudies db upgrade" in answer.get_json()["detail"]
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
+def test_metrics_add_up_every_gunicorn_worker(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, base, _ = served
+    writer = cli(url, "keys", "create", "--role", "writer", "--name", "crm").stdout.strip()
+    for n in range(12):  # spread over both workers by gunicorn
+        assert call(base, "POST", f"/case-studies/m-{n}/events", writer, {"type": "committed", "data": COMMITTED})[0] == 201
+
+    def committed_count() -> float:
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == "casestudies_events_appended_total" and sample.labels == {"type": "committed"})
+
+    assert [committed_count() for _ in range(6)] == [12.0] * 6  # whichever worker answers

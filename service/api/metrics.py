@@ -1,0 +1,91 @@
+"""``GET /metrics``: Prometheus text format, open like the health checks.
+
+Counters and histograms are kept by each process (summed over gunicorn's workers when
+PROMETHEUS_MULTIPROC_DIR is set, as ``casestudies serve`` does); the outbox and projection
+gauges are read from the database at scrape time, so they are the same whichever worker answers.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from flask import Blueprint, Flask, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.bootstrap import Services
+from service.events.tables import utcnow
+
+bp = Blueprint("metrics", __name__)
+
+HTTP_REQUESTS = Counter("casestudies_http_requests", "HTTP requests answered, by route and status.",
+                        ["method", "route", "status"])
+
+
+class DatabaseGauges:
+    """Outbox depth, the oldest pending message's age, and each projector's lag, read when scraped."""
+
+    def __init__(self, wired: Services, clock=utcnow):
+        self.services = wired
+        self.clock = clock
+
+    def describe(self):
+        return []  # keeps register() from collecting (and so from querying the database) at start
+
+    def collect(self):
+        up = GaugeMetricFamily("casestudies_metrics_database_up", "1 when the database gauges below could be read.")
+        try:
+            depth = self.services.outbox.depth()
+            status = self.services.runner.status()
+        except SQLAlchemyError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        messages = GaugeMetricFamily("casestudies_outbox_messages", "Outbox messages by destination and status.",
+                                     labels=["destination", "status"])
+        for destination, counts in depth.by_status.items():
+            for state, count in counts.items():
+                messages.add_metric([destination, state], count)
+        yield messages
+        yield GaugeMetricFamily("casestudies_outbox_oldest_pending_age_seconds",
+                                "Age of the oldest pending outbox message (0 when none is pending).",
+                                value=_age(depth.oldest_pending_at, self.clock()))
+        events = GaugeMetricFamily("casestudies_projection_lag_events", "Committed events a projector has not read.",
+                                   labels=["projector"])
+        seconds = GaugeMetricFamily("casestudies_projection_lag_seconds",
+                                    "Age of the oldest event a projector has not read.", labels=["projector"])
+        failing = GaugeMetricFamily("casestudies_projection_failing", "1 while a projector's last batch failed.",
+                                    labels=["projector"])
+        for row in status["projectors"]:
+            events.add_metric([row["name"]], row["lag_events"])
+            seconds.add_metric([row["name"]], row["lag_seconds"])
+            failing.add_metric([row["name"]], 1 if row["failing"] else 0)
+        yield from (events, seconds, failing)
+
+
+def _age(since: datetime | None, now: datetime) -> float:
+    return max((now - since).total_seconds(), 0.0) if since else 0.0
+
+
+def registry_for(wired: Services) -> CollectorRegistry:
+    """The registry a scrape renders: this process's metrics (or every worker's) and the database gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(REGISTRY)
+    registry.register(DatabaseGauges(wired))
+    return registry
+
+
+def register(app: Flask) -> None:
+    app.extensions["casestudies_metrics"] = registry_for(app.extensions["casestudies"])
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text format."""
+    return Response(generate_latest(current_app.extensions["casestudies_metrics"]), content_type=CONTENT_TYPE_LATEST)
