@@ -54,10 +54,10 @@ def round_json(round_: Round, reference: datetime) -> dict:
 
 @bp.get("/case-studies/<stream_id>/approvals")
 @requires(*AUDITORS)
-def approvals(stream_id: str):
+@params.accepts(params.AsOf("as_of", "the rounds as recorded by then"))
+def approvals(stream_id: str, as_of):
     """Every approval round of one record, as recorded by ``as_of`` (default now)."""
     checked_stream_id(stream_id)
-    as_of = params.as_of()
     rounds = services().audit.rounds(stream_id, as_of=as_of)
     if rounds is None:
         raise Problem(404, "not_found", f"no case study with id {stream_id!r}"
@@ -107,22 +107,21 @@ def csv_cells(item: dict) -> list:
             item["occurred_at"], item["recorded_at"], item["took_days"], item["version"], item["event_id"]]
 
 
-def period_filters() -> dict:
-    """from / to (business time, half-open), csm and role, as the audit endpoints take them."""
-    start, end = params.as_of("from", date_is_start=True), params.as_of("to")
-    if start is not None and end is not None and end <= start:
-        raise Problem(400, "invalid_parameter", "to must be later than from", parameter="to")
-    return {"start": start, "end": end, "csm": params.text("csm"), "role": params.choice("role", APPROVER_ROLES)}
-
-
 @bp.get("/audit/approvals")
 @requires(*AUDITORS)
-def approvals_across_records():
+@params.accepts(params.FORMAT, params.AsOf("from", "from this business time (a date: its start)", date_is_start=True,
+                                           arg="start"),
+                params.AsOf("to", "before this business time (a date: through its end)", arg="end"), params.CSM,
+                params.OneOf("role", "only this approver role", APPROVER_ROLES),
+                params.Number("limit", "rows per page", default=100, low=1, high=1000),
+                params.Text("cursor", "next_cursor of the page before", max_length=400))
+def approvals_across_records(fmt, start, end, csm, role, limit: int, cursor):
     """Approval requests and answers in a period across records, oldest first, paginated; CSV too."""
-    as_csv = params.wants_csv()
-    filters = period_filters()
-    limit = params.bounded_int("limit", 100, 1, 1000)
-    rows, cursor = services().audit.approval_rows(**filters, limit=limit, cursor=params.text("cursor", 400))
+    as_csv = params.wants_csv(fmt)
+    if start is not None and end is not None and end <= start:
+        raise Problem(400, "invalid_parameter", "to must be later than from", parameter="to")
+    filters = {"start": start, "end": end, "csm": csm, "role": role}
+    rows, cursor = services().audit.approval_rows(**filters, limit=limit, cursor=cursor)
     items = [row_json(row) for row in rows]
     next_url = None
     if cursor:

@@ -109,10 +109,10 @@ def _new_event(event, event_id: str | None, field: str = "") -> NewEvent:
 
 @bp.get("/case-studies/<stream_id>")
 @requires(*RECORD_READERS)
-def get_record(stream_id: str):
+@params.accepts(params.AsOf("as_of", "the state as known then: a replay of what had been recorded by then"))
+def get_record(stream_id: str, as_of):
     """The current state of one case study, or its state as known at ``as_of``."""
     checked_stream_id(stream_id)
-    as_of = params.as_of()
     store = services().store
     record = store.record_as_of(stream_id, as_of) if as_of else store.record(stream_id)
     if record is None:
@@ -130,11 +130,11 @@ def get_record(stream_id: str):
 
 @bp.get("/case-studies/<stream_id>/events")
 @requires(*AUDITORS)
-def get_events(stream_id: str):
+@params.accepts(params.Number("from_version", "the first version to return", default=1, low=1, high=2**31 - 1),
+                params.Number("limit", "events per page", default=EVENTS_PAGE, low=1, high=EVENTS_PAGE))
+def get_events(stream_id: str, from_version: int, limit: int):
     """The stream, oldest first, every field of each event; paged by version."""
     checked_stream_id(stream_id)
-    from_version = params.bounded_int("from_version", 1, 1, 2**31 - 1)
-    limit = params.bounded_int("limit", EVENTS_PAGE, 1, EVENTS_PAGE)
     store = services().store
     events = store.load(stream_id, from_version=from_version, limit=limit + 1)
     if not events and (from_version == 1 or store.record(stream_id) is None):
@@ -148,12 +148,14 @@ def get_events(stream_id: str):
 
 @bp.get("/case-studies")
 @requires(*RECORD_READERS)
-def list_records():
+@params.accepts(params.OneOf("status", "only records in this status", list(STATUS_LABELS)), params.CSM,
+                params.Text("account", "only records of this account (its id or its name)"),
+                params.Number("limit", "records per page", default=50, low=1, high=500),
+                params.Text("cursor", "next_cursor of the page before", max_length=400))
+def list_records(status, csm, account, limit: int, cursor):
     """Records from the state table, filtered and paginated with an opaque cursor."""
-    filters = {"status": params.choice("status", list(STATUS_LABELS)), "csm": params.text("csm"),
-               "account": params.text("account")}
-    limit = params.bounded_int("limit", 50, 1, 500)
-    page = services().projections.list_records(**filters, limit=limit, cursor=params.text("cursor", 400))
+    filters = {"status": status, "csm": csm, "account": account}
+    page = services().projections.list_records(**filters, limit=limit, cursor=cursor)
     threshold = services().settings.candidate_kpi_pct
     next_url = None
     if page.next_cursor:

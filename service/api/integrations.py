@@ -43,9 +43,10 @@ class WebhookRequest(BaseModel):
 
 @bp.get("/webhooks")
 @requires(*ADMINS)
-def list_webhooks():
+@params.accepts(params.OneOf("include_removed", "true: also removed subscriptions", ("true", "false")))
+def list_webhooks(include_removed):
     """Webhook subscriptions (never their secrets)."""
-    include_removed = params.choice("include_removed", ("true", "false")) == "true"
+    include_removed = include_removed == "true"
     return {"items": [s.to_dict() for s in services().subscriptions.list(include_removed=include_removed)]}
 
 
@@ -84,12 +85,15 @@ def remove_webhook(subscription_id: int):
 # -- the outbox ------------------------------------------------------------------------------------
 @bp.get("/notifications")
 @requires(*ADMINS)
-def list_notifications():
+@params.accepts(params.OneOf("status", "only messages in this state", STATUSES),
+                params.OneOf("destination", "only messages to Slack, or to webhooks", DESTINATIONS),
+                params.Number("limit", "messages per page", default=100, low=1, high=1000),
+                params.Text("cursor", "next_cursor of the page before", max_length=100))
+def list_notifications(status, destination, limit: int, cursor):
     """Outbox messages oldest first: pending, sent and dead, with attempts and the last error."""
-    filters = {"status": params.choice("status", STATUSES), "destination": params.choice("destination", DESTINATIONS)}
-    limit = params.bounded_int("limit", 100, 1, 1000)
+    filters = {"status": status, "destination": destination}
     outbox = services().outbox
-    found, next_cursor = outbox.list(**filters, limit=limit, cursor=params.text("cursor", 100))
+    found, next_cursor = outbox.list(**filters, limit=limit, cursor=cursor)
     given = {name: value for name, value in filters.items() if value}
     depth = outbox.depth()
     return {"items": [item.to_dict() for item in found], "next_cursor": next_cursor,

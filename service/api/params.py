@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import csv
+from abc import ABC, abstractmethod
 import io
 import json
 import re
 from datetime import UTC, date, datetime, time
-from typing import Iterable, Sequence, TypeVar
+from functools import wraps
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from flask import Response, request
 
 from service.api.problems import Problem
+from service.domain import EVENT_TYPES
 
 M = TypeVar("M")
 
@@ -109,9 +112,8 @@ def text(name: str, max_length: int = 200) -> str | None:
     return raw
 
 
-def wants_csv() -> bool:
-    """``?format=csv`` or an Accept header that prefers text/csv to JSON."""
-    fmt = choice("format", ("json", "csv"))
+def wants_csv(fmt: str | None) -> bool:
+    """``?format=csv`` (given as ``fmt``) or an Accept header that prefers text/csv to JSON."""
     if fmt is not None:
         return fmt == "csv"
     best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
@@ -137,3 +139,117 @@ def csv_response(header: Sequence[str], rows: Iterable[Sequence], filename: str)
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+# -- declared query parameters: one declaration validates a request and documents it (openapi.py) --
+class Query(ABC):
+    """A query parameter a view takes: parsed before the view runs, passed to it as ``arg``."""
+
+    def __init__(self, name: str, description: str, *, arg: str | None = None):
+        self.name = name
+        self.description = description
+        self.arg = arg or name
+
+    @abstractmethod
+    def parse(self):
+        """The parameter's value in this request (None when absent, unless it has a default)."""
+
+    @abstractmethod
+    def schema(self) -> dict:
+        """Its JSON Schema, as the OpenAPI document shows it."""
+
+    def openapi(self) -> dict:
+        return {"name": self.name, "in": "query", "required": False, "description": self.description,
+                "schema": self.schema()}
+
+
+class AsOf(Query):
+    """An ISO-8601 time or date (see ``as_of``)."""
+
+    def __init__(self, name: str, description: str, *, date_is_start: bool = False, arg: str | None = None):
+        super().__init__(name, description, arg=arg)
+        self.date_is_start = date_is_start
+
+    def parse(self):
+        return as_of(self.name, date_is_start=self.date_is_start)
+
+    def schema(self) -> dict:
+        day = "its start" if self.date_is_start else "its end"
+        return {"type": "string", "examples": ["2026-11-20", "2026-11-20T09:00:00Z"],
+                "description": f"ISO-8601 time (no offset: UTC) or date ({day}, UTC), years "
+                               f"{EARLIEST.year} to {LATEST.year}"}
+
+
+class Number(Query):
+    def __init__(self, name: str, description: str, *, default: int, low: int, high: int):
+        super().__init__(name, description)
+        self.default, self.low, self.high = default, low, high
+
+    def parse(self):
+        return bounded_int(self.name, self.default, self.low, self.high)
+
+    def schema(self) -> dict:
+        return {"type": "integer", "minimum": self.low, "maximum": self.high, "default": self.default}
+
+
+class OneOf(Query):
+    def __init__(self, name: str, description: str, allowed: Sequence[str], *, arg: str | None = None):
+        super().__init__(name, description, arg=arg)
+        self.allowed = tuple(allowed)
+
+    def parse(self):
+        return choice(self.name, self.allowed)
+
+    def schema(self) -> dict:
+        return {"type": "string", "enum": list(self.allowed)}
+
+
+class Text(Query):
+    def __init__(self, name: str, description: str, *, max_length: int = 200):
+        super().__init__(name, description)
+        self.max_length = max_length
+
+    def parse(self):
+        return text(self.name, self.max_length)
+
+    def schema(self) -> dict:
+        return {"type": "string", "maxLength": self.max_length, "pattern": r"^[^\x00-\x1f\x7f]*$"}
+
+
+class EventTypes(Query):
+    """Event types, the parameter repeated or comma-separated."""
+
+    def parse(self):
+        types = [t for raw in request.args.getlist(self.name) for t in raw.split(",") if t]
+        unknown = [t for t in types if t not in EVENT_TYPES]
+        if unknown:
+            raise Problem(400, "invalid_parameter", f"{self.name} must be event types ({', '.join(EVENT_TYPES)}); "
+                          f"unknown: {', '.join(unknown[:5])}"[:500], parameter=self.name)
+        return types or None
+
+    def schema(self) -> dict:
+        return {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}}
+
+    def openapi(self) -> dict:
+        return {**super().openapi(), "style": "form", "explode": True}
+
+
+FORMAT = OneOf("format", "json or csv; without it, the Accept header decides (text/csv for CSV)",
+               ("json", "csv"), arg="fmt")
+CSM = Text("csm", "only records of this CSM")
+CURSOR = Text("cursor", "next_cursor of the page before", max_length=1000)
+
+
+def accepts(*queries: Query) -> Callable:
+    """Declare the query parameters a view takes; each is parsed (400 ``invalid_parameter`` when
+    malformed) and passed to the view by its ``arg`` name, and the OpenAPI document lists them."""
+
+    def decorate(view: Callable) -> Callable:
+        @wraps(view)
+        def parsed(*args, **kwargs):
+            return view(*args, **kwargs, **{query.arg: query.parse() for query in queries})
+
+        parsed.query_params = queries
+        return parsed
+
+    return decorate

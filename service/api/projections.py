@@ -28,9 +28,10 @@ def _csv(answer: Answer, header: list[str], rows, filename: str) -> Response:
 
 @bp.get("/projections/pipeline")
 @requires(*PROJECTION_READERS)
-def pipeline():
+@params.accepts(params.FORMAT)
+def pipeline(fmt):
     """Counts by status, and by CSM and status (JSON or CSV)."""
-    as_csv = params.wants_csv()
+    as_csv = params.wants_csv(fmt)
     answer = services().read_models.pipeline()
     counts = answer.value
     if as_csv:
@@ -56,14 +57,13 @@ def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
 
 @bp.get("/projections/blockers")
 @requires(*PROJECTION_READERS)
-def blockers():
+@params.accepts(params.FORMAT, params.AsOf("as_of", "what blocked publication then (business time)"), params.CSM,
+                params.OneOf("code", "only blockers of this kind", BLOCKER_CODES),
+                params.Number("limit", "blockers per page", default=1000, low=1, high=10_000), params.CURSOR)
+def blockers(fmt, as_of, csm, code, limit: int, cursor):
     """What blocks publication, per record: now, or at business time ``as_of``."""
-    as_csv = params.wants_csv()
-    as_of = params.as_of()
-    limit = params.bounded_int("limit", 1000, 1, 10_000)
-    answer = services().read_models.blockers(as_of=as_of, csm=params.text("csm"),
-                                             code=params.choice("code", BLOCKER_CODES), limit=limit,
-                                             cursor=params.text("cursor", 1000))
+    as_csv = params.wants_csv(fmt)
+    answer = services().read_models.blockers(as_of=as_of, csm=csm, code=code, limit=limit, cursor=cursor)
     items = blocker_items(answer, as_of or utcnow())
     next_url = None
     if answer.next_cursor:
@@ -81,11 +81,12 @@ def blockers():
 
 @bp.get("/projections/cycle-times")
 @requires(*PROJECTION_READERS)
-def cycle_times():
+@params.accepts(params.FORMAT, params.AsOf("from", "only stages that ended from then", date_is_start=True, arg="start"),
+                params.AsOf("to", "only stages that ended by then", arg="end"), params.CSM)
+def cycle_times(fmt, start, end, csm):
     """Days from commitment to each milestone and each approver role's answer time, per quarter."""
-    as_csv = params.wants_csv()
-    answer = services().read_models.cycle_times(start=params.as_of("from", date_is_start=True),
-                                                end=params.as_of("to"), csm=params.text("csm"))
+    as_csv = params.wants_csv(fmt)
+    answer = services().read_models.cycle_times(start=start, end=end, csm=csm)
     if as_csv:
         header = ["quarter", "kind", "name", "count", "median_days", "p90_days"]
         rows = []
@@ -105,11 +106,12 @@ CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct
 
 @bp.get("/projections/candidates")
 @requires(*PROJECTION_READERS)
-def candidates():
+@params.accepts(params.FORMAT, params.AsOf("since", "only records that became candidates from then",
+                                           date_is_start=True), params.CSM)
+def candidates(fmt, since, csm):
     """Records that meet the candidate rule (KPI improvement and NPS), newest candidates first."""
-    as_csv = params.wants_csv()
-    answer = services().read_models.candidates(since=params.as_of("since", date_is_start=True),
-                                               csm=params.text("csm"))
+    as_csv = params.wants_csv(fmt)
+    answer = services().read_models.candidates(since=since, csm=csm)
     items = [{column: iso(row[column]) if column == "candidate_since" else row[column]
               for column in CANDIDATE_COLUMNS} for row in answer.value]
     if as_csv:
@@ -125,9 +127,10 @@ STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events",
 
 @bp.get("/projections/status")
 @requires(*PROJECTION_READERS)
-def status():
+@params.accepts(params.FORMAT)
+def status(fmt):
     """Each projector's checkpoint, its lag behind the feed in events and seconds, and its last error."""
-    as_csv = params.wants_csv()
+    as_csv = params.wants_csv(fmt)
     status = services().runner.status()
     if as_csv:
         rows = [[p["name"], p["generation"], p["checkpoint"]["position"], p["checkpoint"]["recorded_at"],
@@ -140,14 +143,14 @@ def status():
 
 @bp.get("/projections/stuck")
 @requires(*PROJECTION_READERS)
-def stuck():
+@params.accepts(params.FORMAT, params.AsOf("as_of", "the reference time (default now; a past one replays the store)"),
+                params.CSM, params.OneOf("code", "only findings of this rule", STUCK_CODES))
+def stuck(fmt, as_of, csm, code):
     """Stuck records at ``as_of`` (default now), each with a code, a reason and the details."""
-    as_csv = params.wants_csv()
-    as_of = params.as_of()
+    as_csv = params.wants_csv(fmt)
     now = utcnow()
     as_of = as_of or now
-    rows = services().projections.stuck(as_of=as_of, now=now, csm=params.text("csm"),
-                                         code=params.choice("code", STUCK_CODES))
+    rows = services().projections.stuck(as_of=as_of, now=now, csm=csm, code=code)
     items = [{
         "id": row.record.id,
         "status": row.record.state,

@@ -13,8 +13,7 @@ bp = Blueprint("reports", __name__)
 FORMATS = {"json": "application/json", "md": "text/markdown", "html": "text/html"}
 
 
-def _format() -> str:
-    chosen = params.choice("format", tuple(FORMATS))
+def _format(chosen: str | None) -> str:
     if chosen:
         return chosen
     best = request.accept_mimetypes.best_match(list(FORMATS.values()), default="application/json")
@@ -23,11 +22,14 @@ def _format() -> str:
 
 @bp.get("/reports/weekly")
 @requires(*PROJECTION_READERS)
-def weekly():
+@params.accepts(params.OneOf("format", "json, md or html; without it, the Accept header decides", tuple(FORMATS),
+                             arg="chosen"),
+                params.AsOf("as_of", "the end of the week to report (default now)"))
+def weekly(chosen, as_of):
     """The weekly review for the week ending at ``as_of`` (default now; a date means its end)."""
-    fmt = _format()
+    fmt = _format(chosen)
     now = utcnow()
-    as_of = params.as_of() or now
+    as_of = as_of or now
     wired = services()
     report = weekly_report(wired.read_models, wired.projections, as_of=as_of, now=now)
     if fmt == "md":
