@@ -13,8 +13,8 @@ def services() -> Services:
 
 def register(app: Flask) -> None:
     """Attach blueprints, error handlers and request logging to ``app``."""
-    from service.api import (audit, case_studies, errors, feed, health, integrations, metrics, projections, reports,
-                             requestlog)
+    from service.api import (audit, case_studies, errors, feed, health, integrations, metrics, openapi, projections,
+                             reports, requestlog)
 
     requestlog.register(app)
     errors.register(app)
@@ -27,3 +27,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(reports.bp)
     app.register_blueprint(integrations.bp)
     app.register_blueprint(metrics.bp)
+    openapi.register(app)

@@ -6,6 +6,8 @@ from datetime import datetime
 from flask import Blueprint, request, url_for
 
 from service.api import params, services
+from service.api.openapi import describe
+from service.api import responses as doc
 from service.api.auth import AUDITORS, requires
 from service.api.case_studies import checked_stream_id
 from service.api.problems import Problem
@@ -53,6 +55,7 @@ def round_json(round_: Round, reference: datetime) -> dict:
 
 
 @bp.get("/case-studies/<stream_id>/approvals")
+@describe(responses={200: doc.Approvals}, errors=("invalid_event", "not_found"), tag="audit")
 @requires(*AUDITORS)
 @params.accepts(params.AsOf("as_of", "the rounds as recorded by then"))
 def approvals(stream_id: str, as_of):
@@ -67,6 +70,7 @@ def approvals(stream_id: str, as_of):
 
 
 @bp.get("/case-studies/<stream_id>/verify")
+@describe(responses={200: doc.ChainCheck}, errors=("invalid_event", "not_found"), tag="audit")
 @requires(*AUDITORS)
 def verify(stream_id: str):
     """Recompute the record's hash chain: "intact" with the head hash, or the first broken link."""
@@ -108,6 +112,7 @@ def csv_cells(item: dict) -> list:
 
 
 @bp.get("/audit/approvals")
+@describe(responses={200: doc.Items}, csv=True, tag="audit")
 @requires(*AUDITORS)
 @params.accepts(params.FORMAT, params.AsOf("from", "from this business time (a date: its start)", date_is_start=True,
                                            arg="start"),

@@ -43,6 +43,7 @@ def requires(*roles: str) -> Callable:
                               role=principal.role, allowed_roles=list(roles))
             return view(*args, **kwargs)
 
+        guarded.roles = roles  # for the OpenAPI document
         return guarded
 
     return decorate

@@ -9,9 +9,11 @@ from flask import Blueprint, Response, g, request, url_for
 from service.api import params, services
 from service.api.auth import RECORD_READERS, AUDITORS, WRITERS, requires
 from service.api.problems import Problem
+from service.api.openapi import Body, describe
+from service.api import responses as doc
 from service.api.representation import record_json
 from service.domain import STATUS_LABELS
-from service.events.schemas import is_batch, is_valid_stream_id, parse_event_batch, parse_event_request
+from service.events.schemas import EVENT_BODY, is_batch, is_valid_stream_id, parse_event_batch, parse_event_request
 from service.events.store import NewEvent
 from service.events.tables import utcnow
 
@@ -64,6 +66,13 @@ def _etag(version: int) -> str:
 
 
 @bp.post("/case-studies/<stream_id>/events")
+@describe(responses={201: Body(doc.AppendResult, description="stored"),
+                     200: Body(doc.AppendResult, description="a retry of stored events: the original result")},
+          body=EVENT_BODY,
+          errors=("invalid_event", "not_found", "already_exists", "version_conflict", "idempotency_conflict",
+                  "transition_not_allowed", "guard_failed", "stream_corrupt"),
+          headers=(("If-Match", 'the expected version, e.g. "2" (or expected_version in the body)'),
+                   ("Idempotency-Key", "the event id, a UUID (one event only; a batch carries event_id on each)")))
 @requires(*WRITERS)
 def post_event(stream_id: str):
     """Append one event, or a JSON array of events all or none, to a case study's stream."""
@@ -108,6 +117,8 @@ def _new_event(event, event_id: str | None, field: str = "") -> NewEvent:
 
 
 @bp.get("/case-studies/<stream_id>")
+@describe(responses={200: doc.Record, 304: None}, errors=("invalid_event", "not_found", "stream_corrupt"),
+          headers=(("If-None-Match", "an ETag from before: 304 while the record is at that version"),))
 @requires(*RECORD_READERS)
 @params.accepts(params.AsOf("as_of", "the state as known then: a replay of what had been recorded by then"))
 def get_record(stream_id: str, as_of):
@@ -129,6 +140,7 @@ def get_record(stream_id: str, as_of):
 
 
 @bp.get("/case-studies/<stream_id>/events")
+@describe(responses={200: doc.EventsPage}, errors=("invalid_event", "not_found"))
 @requires(*AUDITORS)
 @params.accepts(params.Number("from_version", "the first version to return", default=1, low=1, high=2**31 - 1),
                 params.Number("limit", "events per page", default=EVENTS_PAGE, low=1, high=EVENTS_PAGE))
@@ -147,6 +159,7 @@ def get_events(stream_id: str, from_version: int, limit: int):
 
 
 @bp.get("/case-studies")
+@describe(responses={200: doc.RecordPage})
 @requires(*RECORD_READERS)
 @params.accepts(params.OneOf("status", "only records in this status", list(STATUS_LABELS)), params.CSM,
                 params.Text("account", "only records of this account (its id or its name)"),

@@ -5,6 +5,8 @@ from flask import Blueprint
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
+from service.api.openapi import Body, describe
+from service.api import responses as doc
 from service.api.problems import Problem
 from service.events.feed import NotYetReadable, UnknownPosition
 
@@ -14,6 +16,7 @@ MAX_LIMIT = 1000
 
 
 @bp.get("/events")
+@describe(responses={200: doc.FeedPage}, errors=("unknown_position", "position_not_readable"))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.Number("after", "the position to continue from (next_after of the page before; 0 at first)",
                               default=0, low=0, high=9_999_999_999),

@@ -7,17 +7,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import migrations
 from service.api import services
 from service.api.problems import Problem
+from service.api.openapi import Body, describe
+from service.api import responses as doc
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@describe(responses={200: doc.Health}, tag="operations")
 def healthz():
     """The process is up."""
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@describe(responses={200: doc.Health}, errors=("not_ready",), tag="operations")
 def readyz():
     """The database answers and is migrated to the revision this code expects."""
     head = migrations.head_revision()

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from service.api import params, services
 from service.api.auth import ADMINS, WRITERS, requires
 from service.api.problems import Problem
+from service.api.openapi import Body, describe
+from service.api import responses as doc
 from service.events import deals
 from service.events.outbox import DESTINATIONS, STATUSES, SubscriptionError
 from service.events.schemas import Url
@@ -18,6 +20,9 @@ bp = Blueprint("integrations", __name__)
 
 
 @bp.post("/integrations/deals")
+@describe(responses={201: Body(doc.DealDecision, description="created"),
+                     200: Body(doc.DealDecision, description="created before, or not created (see decision)")},
+          body=deals.Deal, errors=("invalid_deal", "already_exists"))
 @requires(*WRITERS)
 def post_deal():
     """Take a closed deal: an accepted commitment creates its case study once; others store nothing."""
@@ -42,6 +47,7 @@ class WebhookRequest(BaseModel):
 
 
 @bp.get("/webhooks")
+@describe(responses={200: doc.Subscriptions})
 @requires(*ADMINS)
 @params.accepts(params.OneOf("include_removed", "true: also removed subscriptions", ("true", "false")))
 def list_webhooks(include_removed):
@@ -51,6 +57,7 @@ def list_webhooks(include_removed):
 
 
 @bp.post("/webhooks")
+@describe(responses={201: doc.NewSubscription}, body=WebhookRequest, errors=("invalid_request",))
 @requires(*ADMINS)
 def add_webhook():
     """Subscribe a URL to event types; the secret is shown in this answer only."""
@@ -63,27 +70,30 @@ def add_webhook():
 
 
 @bp.get("/webhooks/<int:subscription_id>")
+@describe(responses={200: doc.Subscription}, errors=("not_found",))
 @requires(*ADMINS)
 def get_webhook(subscription_id: int):
     """One subscription."""
     subscription = services().subscriptions.get(subscription_id)
     if subscription is None:
-        raise Problem(404, "not_found", f"no webhook subscription {subscription_id}", id=subscription_id)
+        raise Problem(404, "not_found", f"no webhook subscription {subscription_id}")
     return subscription.to_dict()
 
 
 @bp.delete("/webhooks/<int:subscription_id>")
+@describe(responses={200: doc.Subscription}, errors=("not_found",))
 @requires(*ADMINS)
 def remove_webhook(subscription_id: int):
     """Stop delivering to a subscription; its undelivered messages become dead."""
     try:
         return services().subscriptions.remove(subscription_id).to_dict()
     except SubscriptionError as error:
-        raise Problem(404, "not_found", str(error), id=subscription_id) from None
+        raise Problem(404, "not_found", str(error)) from None
 
 
 # -- the outbox ------------------------------------------------------------------------------------
 @bp.get("/notifications")
+@describe(responses={200: doc.Notifications})
 @requires(*ADMINS)
 @params.accepts(params.OneOf("status", "only messages in this state", STATUSES),
                 params.OneOf("destination", "only messages to Slack, or to webhooks", DESTINATIONS),
@@ -106,11 +116,12 @@ def list_notifications(status, destination, limit: int, cursor):
 def _message(message_id: int):
     found = services().outbox.get(message_id)
     if found is None:
-        raise Problem(404, "not_found", f"no notification {message_id}", id=message_id)
+        raise Problem(404, "not_found", f"no notification {message_id}")
     return found
 
 
 @bp.get("/notifications/<int:message_id>")
+@describe(responses={200: doc.Notification}, errors=("not_found",))
 @requires(*ADMINS)
 def get_notification(message_id: int):
     """One outbox message."""
@@ -118,6 +129,7 @@ def get_notification(message_id: int):
 
 
 @bp.post("/notifications/<int:message_id>/retry")
+@describe(responses={200: doc.Notification}, errors=("not_found", "not_dead"))
 @requires(*ADMINS)
 def retry_notification(message_id: int):
     """Queue a dead message again, with its attempts reset."""

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.api.openapi import Body, describe
 from service.bootstrap import Services
 from service.events.tables import utcnow
 
@@ -86,6 +87,7 @@ def register(app: Flask) -> None:
 
 
 @bp.get("/metrics")
+@describe(responses={200: Body({"type": "string"}, "text/plain")}, tag="operations")
 def metrics():
     """Prometheus text format."""
     return Response(generate_latest(current_app.extensions["casestudies_metrics"]), content_type=CONTENT_TYPE_LATEST)

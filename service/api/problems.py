@@ -10,6 +10,8 @@ PROBLEM_JSON = "application/problem+json"
 TITLES: dict[str, str] = {
     "bad_request": "Bad request",
     "invalid_parameter": "Invalid query parameter",
+    "unknown_position": "Not a position of the feed",
+    "position_not_readable": "Position not readable yet",
     "unauthorized": "Missing or invalid API key",
     "forbidden": "This key's role may not do that",
     "not_found": "Not found",
@@ -30,6 +32,17 @@ TITLES: dict[str, str] = {
     "stream_corrupt": "Stored stream cannot be replayed",
     "database_unavailable": "Database unavailable",
     "not_ready": "Service not ready",
+}
+
+
+# The HTTP status each code is answered with (the OpenAPI document groups codes by it).
+STATUS_OF: dict[str, int] = {
+    "bad_request": 400, "invalid_parameter": 400, "unknown_position": 400, "position_not_readable": 400,
+    "unauthorized": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405, "not_acceptable": 406,
+    "version_conflict": 409, "idempotency_conflict": 409, "already_exists": 409, "transition_not_allowed": 409,
+    "guard_failed": 409, "not_dead": 409, "payload_too_large": 413, "unsupported_media_type": 415,
+    "invalid_event": 422, "invalid_deal": 422, "invalid_request": 422,
+    "internal_error": 500, "stream_corrupt": 500, "database_unavailable": 503, "not_ready": 503,
 }
 
 

@@ -8,6 +8,8 @@ from flask import Blueprint, Response, request, url_for
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
+from service.api.openapi import Body, describe
+from service.api import responses as doc
 from service.api.representation import iso
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES
@@ -27,6 +29,7 @@ def _csv(answer: Answer, header: list[str], rows, filename: str) -> Response:
 
 
 @bp.get("/projections/pipeline")
+@describe(responses={200: doc.Pipeline}, csv=True)
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT)
 def pipeline(fmt):
@@ -56,6 +59,7 @@ def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
 
 
 @bp.get("/projections/blockers")
+@describe(responses={200: doc.Items}, csv=True)
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT, params.AsOf("as_of", "what blocked publication then (business time)"), params.CSM,
                 params.OneOf("code", "only blockers of this kind", BLOCKER_CODES),
@@ -80,6 +84,7 @@ def blockers(fmt, as_of, csm, code, limit: int, cursor):
 
 
 @bp.get("/projections/cycle-times")
+@describe(responses={200: doc.CycleTimes}, csv=True)
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT, params.AsOf("from", "only stages that ended from then", date_is_start=True, arg="start"),
                 params.AsOf("to", "only stages that ended by then", arg="end"), params.CSM)
@@ -105,6 +110,7 @@ CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct
 
 
 @bp.get("/projections/candidates")
+@describe(responses={200: doc.Items}, csv=True)
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT, params.AsOf("since", "only records that became candidates from then",
                                            date_is_start=True), params.CSM)
@@ -126,6 +132,7 @@ STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events",
 
 
 @bp.get("/projections/status")
+@describe(responses={200: doc.ProjectorStatus}, csv=True)
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT)
 def status(fmt):
@@ -142,6 +149,7 @@ def status(fmt):
 
 
 @bp.get("/projections/stuck")
+@describe(responses={200: doc.Items}, csv=True, errors=("stream_corrupt",))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT, params.AsOf("as_of", "the reference time (default now; a past one replays the store)"),
                 params.CSM, params.OneOf("code", "only findings of this rule", STUCK_CODES))

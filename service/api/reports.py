@@ -5,6 +5,8 @@ from flask import Blueprint, Response, request
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
+from service.api.openapi import Body, describe
+from service.api import responses as doc
 from service.events.tables import utcnow
 from service.events.weekly import to_html, to_markdown, weekly_report
 
@@ -21,6 +23,8 @@ def _format(chosen: str | None) -> str:
 
 
 @bp.get("/reports/weekly")
+@describe(responses={200: [Body(doc.WeeklyReport), Body({"type": "string"}, "text/markdown"),
+                           Body({"type": "string"}, "text/html")]}, errors=("stream_corrupt",))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.OneOf("format", "json, md or html; without it, the Accept header decides", tuple(FORMATS),
                              arg="chosen"),

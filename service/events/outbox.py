@@ -27,6 +27,8 @@ STATUSES = ("pending", "sent", "dead")
 KINDS = ("record_created", "new_candidate", "records_stuck", "event")
 CLOUDEVENT_TYPE_PREFIX = "com.casestudies.casestudy."
 ALL_TYPES = "*"
+MAX_SUBSCRIPTION_ID = 2**31 - 1  # the id columns' ranges: a larger id names nothing
+MAX_MESSAGE_ID = 2**63 - 1
 
 
 class SubscriptionError(ValueError):
@@ -98,6 +100,8 @@ class Subscriptions:
         return self.get(new_id), secret
 
     def remove(self, subscription_id: int) -> Subscription:
+        if not 0 < subscription_id <= MAX_SUBSCRIPTION_ID:
+            raise SubscriptionError(f"no active webhook subscription {subscription_id}")
         with self.engine.begin() as conn:
             done = conn.execute(update(webhook_subscriptions)
                                 .where(webhook_subscriptions.c.id == subscription_id,
@@ -109,6 +113,8 @@ class Subscriptions:
         return self.get(subscription_id)
 
     def get(self, subscription_id: int) -> Subscription | None:
+        if not 0 < subscription_id <= MAX_SUBSCRIPTION_ID:
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(webhook_subscriptions)
                                .where(webhook_subscriptions.c.id == subscription_id)).first()
@@ -313,6 +319,8 @@ class Outbox:
         return found, (cursors.encode([found[-1].id]) if more else None)
 
     def get(self, message_id: int) -> Message | None:
+        if not 0 < message_id <= MAX_MESSAGE_ID:
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(*MESSAGE_COLUMNS).where(outbox.c.id == message_id)).first()
         return message(row) if row else None

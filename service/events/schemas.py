@@ -202,7 +202,7 @@ class _Envelope(BaseModel):
 def _request_model(event_type: str, data_model: type[_Data]) -> type[_Envelope]:
     no_data = data_model is NoData
     return type(
-        f"{data_model.__name__.removesuffix('Data') or 'Event'}Request",
+        "".join(part.title() for part in event_type.split("_")) + "Request",
         (_Envelope,),
         {
             "__annotations__": {"type": Literal[event_type], "data": data_model},
@@ -221,6 +221,8 @@ _EVENT_REQUEST = TypeAdapter(EventRequest)
 MAX_BATCH = 100  # events in one atomic append
 EventBatch = Annotated[list[EventRequest], Field(min_length=1, max_length=MAX_BATCH)]
 _EVENT_BATCH = TypeAdapter(EventBatch)
+# What POST /case-studies/{id}/events takes: one event, or a batch (the two adapters above parse them).
+EVENT_BODY = TypeAdapter(Union[EventRequest, EventBatch])
 
 
 class InvalidEvent(Exception):

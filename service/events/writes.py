@@ -160,7 +160,8 @@ _SQLITE_CLAIM_MOVE = (update(case_studies)
                       .where(case_studies.c.id == bindparam("p_id"),
                              case_studies.c.version == bindparam("p_old_version"))
                       .values(**{column: bindparam(f"p_{column}") for column in STATE_COLUMNS}))
-_SQLITE_INSERT_EVENT = insert(events).returning(events.c.position)
+# A batch's events in one statement ("insertmanyvalues"), positions in the order given.
+_SQLITE_INSERT_EVENTS = insert(events).returning(events.c.position, sort_by_parameter_order=True)
 _SQLITE_QUEUE = sqlite_insert(outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
 _SQLITE_READ_STATE = (select(case_studies.c.state, case_studies.c.head_hash)
                       .where(case_studies.c.id == bindparam("p_id")))
@@ -193,9 +194,8 @@ class _SqliteSession:
                 self.conn.execute(_SQLITE_CLAIM_NEW, claim)
             elif self.conn.execute(_SQLITE_CLAIM_MOVE, claim).rowcount != 1:
                 raise LostRace()
-            positions = [self.conn.execute(_SQLITE_INSERT_EVENT, {
-                **row, "stream_id": stream_id, "actor": actor, "recorded_at": recorded_at,
-            }).scalar_one() for row in rows]
+            positions = list(self.conn.execute(_SQLITE_INSERT_EVENTS, [
+                {**row, "stream_id": stream_id, "actor": actor, "recorded_at": recorded_at} for row in rows]).scalars())
             if queued:
                 self.conn.execute(_SQLITE_QUEUE, [{**row, "stream_id": stream_id, "status": "pending", "attempts": 0,
                                                    "next_attempt_at": recorded_at, "created_at": recorded_at}

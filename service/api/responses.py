@@ -1,0 +1,220 @@
+"""What the API answers, as the OpenAPI document describes it.
+
+Requests are described by the schemas that validate them (service/events/schemas.py, deals.py
+and the views' declared query parameters). Answers are built by the views; these models say
+what they hold, and the property-based API test checks every answer against them, so a
+description that drifts from the code fails the build.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from service.domain import STATUS_LABELS
+
+Status = Literal[tuple(STATUS_LABELS)]  # type: ignore[valid-type]
+Json = dict[str, Any]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")  # answers may grow fields; clients ignore unknown ones
+
+
+class Problem(_Answer):
+    """RFC 9457 problem details with a stable ``code`` (and the facts named in the README)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class AppendedEvent(_Answer):
+    version: int
+    position: int
+    event_id: str
+    type: str
+
+
+class AppendResult(_Answer):
+    """The stored event (the last one, for a batch); ``events`` lists a batch's events."""
+
+    id: str
+    version: int
+    position: int
+    event_id: str
+    status: Status
+    events: list[AppendedEvent] | None = None
+
+
+class Record(_Answer):
+    """A record's current state (see the README for each field)."""
+
+    id: str
+    status: Status
+    status_label: str
+    version: int
+    account: Json | None
+    csm: str | None
+    champion: Json | None
+    use_case: str | None
+    close_date: str | None
+    approvals: Json
+    allowed_events: list[str]
+    committed_at: str | None
+    entered_status_at: str | None
+    last_activity_at: str | None
+    metrics: Json
+    readiness: Json
+    as_of: str | None = None
+
+
+class RecordPage(_Answer):
+    items: list[Record]
+    next_cursor: str | None
+    next: str | None
+
+
+class StoredEvent(_Answer):
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    data: Json
+    actor: str
+    recorded_at: str
+    occurred_at: str
+    correlation_id: str | None
+    causation_id: str | None
+    on_behalf_of: str | None
+    prev_hash: str
+    hash: str
+
+
+class EventsPage(_Answer):
+    id: str
+    events: list[StoredEvent]
+    next: str | None
+
+
+class Mark(_Answer):
+    position: int
+    recorded_at: str | None
+
+
+class FeedPage(_Answer):
+    after: int
+    count: int
+    events: list[StoredEvent]
+    next_after: int
+    head: Mark
+
+
+class ProjectionRead(_Answer):
+    name: str
+    position: int
+    recorded_at: str | None
+
+
+class Pipeline(_Answer):
+    by_status: dict[str, int]
+    by_csm: dict[str, dict[str, int]]
+    total: int
+    projection: ProjectionRead
+
+
+class Items(_Answer):
+    """A list answer: ``items`` (with ``count``, paging and the projection read where they apply)."""
+
+    items: list[Json]
+
+
+class CycleTimes(_Answer):
+    stages: dict[str, str]
+    quarters: list[Json]
+    overall: Json
+    projection: ProjectionRead
+
+
+class ProjectorStatus(_Answer):
+    head: Mark
+    held_back: Json
+    projectors: list[Json]
+
+
+class WeeklyReport(_Answer):
+    as_of: str
+
+
+class Approvals(_Answer):
+    id: str
+    as_of: str | None
+    rounds: list[Json]
+
+
+class ChainCheck(_Answer):
+    id: str
+    status: Literal["intact", "broken"]
+
+
+class Health(_Answer):
+    status: str
+
+
+class DealDecision(_Answer):
+    """What became of a deal: ``created`` (201), ``exists`` or ``not_created`` (200)."""
+
+    decision: Literal["created", "exists", "not_created"]
+    deal_id: str
+    case_study_commitment: Literal["accepted", "declined", "not_discussed"]
+    id: str | None
+    reason: str
+    status: Status | None = None
+    status_label: str | None = None
+    version: int | None = None
+    url: str | None = None
+
+
+class Subscription(_Answer):
+    id: int
+    url: str
+    types: list[str]
+    secret_prefix: str
+    created_at: str
+    removed_at: str | None
+
+
+class NewSubscription(Subscription):
+    secret: str  # only in the answer that made it
+
+
+class Subscriptions(_Answer):
+    items: list[Subscription]
+
+
+class Notification(_Answer):
+    id: int
+    destination: Literal["slack", "webhook"]
+    subscription_id: int | None
+    kind: str
+    stream_id: str | None
+    event_id: str | None
+    status: Literal["pending", "sent", "dead"]
+    attempts: int
+    next_attempt_at: str | None
+    created_at: str
+    sent_at: str | None
+    last_status: int | None
+    last_error: str | None
+    payload: Json
+
+
+class Notifications(_Answer):
+    items: list[Notification]
+    next_cursor: str | None
+    next: str | None
+    counts: dict[str, dict[str, int]]
+    oldest_pending_at: str | None
