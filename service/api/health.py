@@ -7,7 +7,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import migrations
 from service.api import services
 from service.api.problems import Problem
-from service.api.openapi import Body, describe
+from service.api.openapi import describe
 from service.api import responses as doc
 
 bp = Blueprint("health", __name__)

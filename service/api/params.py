@@ -11,9 +11,11 @@ from functools import wraps
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from flask import Response, request
+from pydantic import ValidationError
 
 from service.api.problems import Problem
 from service.domain import EVENT_TYPES
+from service.events.schemas import error_list
 
 M = TypeVar("M")
 
@@ -62,10 +64,6 @@ def json_body(what: str) -> bytes:
 
 def json_model(model: type[M], what: str) -> M:
     """The JSON body validated by a pydantic ``model``; 422 ``invalid_request`` naming each field at fault."""
-    from pydantic import ValidationError
-
-    from service.events.schemas import error_list
-
     try:
         return model.model_validate_json(json_body(what))
     except ValidationError as exc:

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request, url_for
 
 from service.api import params, services
 from service.api.auth import PROJECTION_READERS, requires
-from service.api.openapi import Body, describe
+from service.api.openapi import describe
 from service.api import responses as doc
 from service.api.representation import iso
 from service.domain import STATUS_LABELS, STUCK_CODES

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.test_served import call, served  # noqa: F401 (a fixture)
+from tests.e2e.test_served import call
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
