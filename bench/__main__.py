@@ -1,7 +1,7 @@
 """Run the benchmarks end to end and print a summary:
-``python -m bench [http] [length] [store] [breakdown] [projections]``.
+``python -m bench [http] [length] [store] [batch] [breakdown] [projections]``.
 
-With no arguments everything runs (about 13 minutes, 9 of them projections). Raw results go to
+With no arguments everything runs (about 14 minutes, 9 of them projections). Raw results go to
 bench/results/latest.json.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 from bench.common import _TICK, RESULTS, ROOT, _busy_ticks, log, pg_admin
 
-PARTS = ("http", "length", "store", "breakdown", "projections")
+PARTS = ("http", "length", "store", "batch", "breakdown", "projections")
 
 
 def _background_busy(seconds: float = 1.0) -> float:
@@ -115,6 +115,29 @@ def summary(results: dict) -> str:
         rows.append((f"    reference: {c['writers']} writer processes",
                      f"{p['processes']['events_per_s']:.0f} ev/s (machine {p['processes']['machine_busy_pct']:.0f}% busy)",
                      f"{p['processes_ratio']:.2f}x", "", ""))
+
+    batch = results.get("batch")
+    if batch:
+        size = batch["config"]["batch"]
+        for backend in ("postgresql", "sqlite"):
+            r = batch[backend]
+            target = f">= {r['target']:.1f}x" if backend == "postgresql" else "(info)"
+            rows.append((f"(e) {size} events per append vs 1 ({backend}, one client)",
+                         f"single {r['single']['events_per_s']:.0f} ev/s, batch {r['batch']['events_per_s']:.0f} ev/s",
+                         f"{r['ratio']:.2f}x", target, _yes(r["met"]) if backend == "postgresql" else ""))
+            rows.append(("    per round (single / batch ev/s)",
+                         " ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(r["single"]["per_round_events_per_s"],
+                                                                     r["batch"]["per_round_events_per_s"])),
+                         " ".join(f"{x:.2f}x" for x in r["per_round_ratio"]), "", ""))
+            if not r["check"]["ok"]:
+                notes.append(f"(e) {backend}: stored events do not match the appended ones: {r['check']}")
+        raw = batch["raw_psycopg"]
+        rows.append((f"    reference: PostgreSQL itself, raw psycopg, {size} rows per INSERT vs 1",
+                     f"1 row {raw['single']['events_per_s']:.0f} ev/s, jsonb_to_recordset "
+                     f"{raw['batch']['events_per_s']:.0f}, VALUES {raw['batch_multirow_values']['events_per_s']:.0f}",
+                     f"{raw['ratio']:.2f}x / {raw['ratio_multirow_values']:.2f}x", "", ""))
+        if not raw["check"]["ok"]:
+            notes.append(f"(e) raw psycopg: stored rows do not match the inserted ones: {raw['check']}")
 
     bd = results.get("breakdown")
     if bd:
@@ -219,6 +242,10 @@ def main(argv: list[str]) -> None:
         from bench import store_throughput
         log("== (c) store throughput")
         results["store"] = store_throughput.run()
+    if "batch" in parts:
+        from bench import batch_append
+        log("== (e) batched appends: 10 events per append vs 1")
+        results["batch"] = batch_append.run()
     if "breakdown" in parts:
         from bench import breakdown
         log("== diagnostic: CPU per step of one append request")
