@@ -36,6 +36,9 @@ def stdlib_logging_config(log_format: str = "auto", level: str = "info") -> dict
             "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "alembic": {"level": "WARNING"},  # /readyz asks Alembic for the revision on every call
             "transitions": {"level": "WARNING"},  # a line per state change; events are logged already
+            # A line per request with its URL: a Slack webhook URL is a secret.
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 

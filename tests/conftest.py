@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -74,21 +75,29 @@ def _drop_postgres(server_url: str, url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def database(request, tmp_path_factory) -> Iterator[Database]:
-    """A migrated database per backend, shared by the session (tests use unique stream ids)."""
+@contextmanager
+def migrated_database(request, tmp_path_factory, name: str, pool_size: int = 5) -> Iterator[Database]:
+    """A new migrated database of the backend ``request`` is parametrised with, dropped afterwards."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
-        server = None
+        url, server = f"sqlite:///{tmp_path_factory.mktemp(name) / 'test.db'}", None
     else:
         server = request.getfixturevalue("postgres_server")
         url = _fresh_postgres(server)
-    engine = make_engine(url, pool_size=20)
+    engine = make_engine(url, pool_size=pool_size)
     migrations.upgrade(engine)
-    yield Database(request.param, url, engine)
-    engine.dispose()
-    if server:
-        _drop_postgres(server, url)
+    try:
+        yield Database(request.param, url, engine)
+    finally:
+        engine.dispose()
+        if server:
+            _drop_postgres(server, url)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database(request, tmp_path_factory) -> Iterator[Database]:
+    """A migrated database per backend, shared by the session (tests use unique stream ids)."""
+    with migrated_database(request, tmp_path_factory, "sqlite", pool_size=20) as db:
+        yield db
 
 
 @pytest.fixture

@@ -13,15 +13,14 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import delete, func, select
 
-from service import create_app, migrations
+from service import create_app
 from service.bootstrap import build, dispatcher
 from service.config import Settings
 from service.domain import GuardFailed
-from service.events.db import make_engine
 from service.events.dispatch import SIGNATURE_HEADER
 from service.events.store import NewEvent
 from service.events.tables import outbox, stuck_announcements, utcnow, webhook_subscriptions
-from tests.conftest import BACKENDS, Database, _drop_postgres, _fresh_postgres, unique_id
+from tests.conftest import BACKENDS, Database, migrated_database, unique_id
 from tests.factories import COMMITTED
 from tests.receiver import Receiver, Response
 
@@ -31,17 +30,8 @@ CLOSED_PORT_URL = "http://127.0.0.1:9/hook"  # discard: nothing listens there
 @pytest.fixture(scope="module", params=BACKENDS)
 def notify_db(request, tmp_path_factory):
     """A database of its own for this module: the outbox and subscriptions are global state."""
-    if request.param == "sqlite":
-        url, server = f"sqlite:///{tmp_path_factory.mktemp('notify') / 'n.db'}", None
-    else:
-        server = request.getfixturevalue("postgres_server")
-        url = _fresh_postgres(server)
-    engine = make_engine(url, pool_size=10)
-    migrations.upgrade(engine)
-    yield Database(request.param, url, engine)
-    engine.dispose()
-    if server:
-        _drop_postgres(server, url)
+    with migrated_database(request, tmp_path_factory, "notify", pool_size=10) as db:
+        yield db
 
 
 @pytest.fixture(autouse=True)

@@ -16,13 +16,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service import create_app, migrations
+from service import create_app
 from service.api.openapi import undocumented_views
 from service.bootstrap import build
 from service.config import Settings
-from service.events.db import make_engine
 from service.events.store import NewEvent
-from tests.conftest import BACKENDS, _drop_postgres, _fresh_postgres
+from tests.conftest import BACKENDS, migrated_database
 from tests.factories import COMMITTED
 
 MAX_EXAMPLES = 15
@@ -32,20 +31,11 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module", params=BACKENDS)
 def live_app(request, tmp_path_factory):
     """The app on a database of its own (generated requests write to it), with an admin key."""
-    if request.param == "sqlite":
-        url, server = f"sqlite:///{tmp_path_factory.mktemp('openapi') / 'api.db'}", None
-    else:
-        server = request.getfixturevalue("postgres_server")
-        url = _fresh_postgres(server)
-    engine = make_engine(url)
-    migrations.upgrade(engine)
-    services = build(Settings(database_url=url, log_format="json"), engine=engine)
-    key = services.keys.create("schemathesis", "admin")
-    services.store.append("acme-1", [NewEvent("committed", COMMITTED)], actor="seed")  # something to find
-    yield create_app(services=services), key
-    engine.dispose()
-    if server:
-        _drop_postgres(server, url)
+    with migrated_database(request, tmp_path_factory, "openapi") as db:
+        services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        key = services.keys.create("schemathesis", "admin")
+        services.store.append("acme-1", [NewEvent("committed", COMMITTED)], actor="seed")  # something to find
+        yield create_app(services=services), key
 
 
 @pytest.fixture(scope="module")
