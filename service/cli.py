@@ -434,18 +434,24 @@ def import_deals(file: str, actor: str) -> None:
     from service.events.deal_import import ImportFileError, count_rows, import_rows, read_rows
     from service.events.tables import utcnow
 
+    import csv
+
     services = _services()
+    unreadable = None
     with open(file, encoding="utf-8-sig", newline="") as source, _database_errors():
         try:
             total = count_rows(source)
             ignored, rows = read_rows(source)
-        except (ImportFileError, UnicodeDecodeError) as error:
+        except (ImportFileError, UnicodeDecodeError, csv.Error) as error:
             raise click.ClickException(f"{file}: {error}") from None
         report = []
         with click.progressbar(length=total, label="importing deals", file=sys.stderr) as bar:
-            for outcome in import_rows(services.store, rows, actor=actor, now=utcnow()):
-                report.append(outcome)
-                bar.update(1)
+            try:
+                for outcome in import_rows(services.store, rows, actor=actor, now=utcnow()):
+                    report.append(outcome)
+                    bar.update(1)
+            except (csv.Error, UnicodeDecodeError) as error:  # the rows read before it are imported
+                unreadable = f"{file}: cannot read on after row {len(report)}: {error}"
     counts = {decision: sum(1 for o in report if o.decision == decision)
               for decision in ("created", "exists", "not_created", "invalid")}
     for outcome in report:
@@ -456,7 +462,9 @@ def import_deals(file: str, actor: str) -> None:
         click.echo(f"ignored columns: {', '.join(ignored)}")
     click.echo(f"{len(report)} rows: {counts['created']} created, {counts['exists']} already existed, "
                f"{counts['not_created']} skipped (not accepted), {counts['invalid']} invalid")
-    sys.exit(1 if counts["invalid"] else 0)
+    if unreadable:
+        click.echo(unreadable, err=True)
+    sys.exit(1 if counts["invalid"] or unreadable else 0)
 
 
 @main.group()
@@ -539,13 +547,13 @@ def webhooks_add(url: str, types: str, secret: str | None) -> None:
 @webhooks.command("list")
 @click.option("--all", "include_removed", is_flag=True, help="Also removed subscriptions.")
 def webhooks_list(include_removed: bool) -> None:
-    """Subscriptions: id, URL, types, secret prefix, created (and removed)."""
+    """Subscriptions: id, URL, types, the secret's fingerprint, created (and removed)."""
     services = _services()
     with _database_errors():
         found = services.subscriptions.list(include_removed=include_removed)
     for item in found:
         removed = f"\tremoved {item.removed_at:%Y-%m-%d %H:%M}" if item.removed_at else ""
-        click.echo(f"{item.id}\t{item.url}\t{','.join(item.types)}\t{item.secret[:6]}…\t"
+        click.echo(f"{item.id}\t{item.url}\t{','.join(item.types)}\tsecret {item.secret_fingerprint}\t"
                    f"{item.created_at:%Y-%m-%d %H:%M}{removed}")
 
 

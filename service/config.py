@@ -71,9 +71,10 @@ class Settings:
     notify_stuck_scan_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
-        if self.notify_lease_seconds <= self.notify_timeout_seconds:
-            raise SettingsError("NOTIFY_LEASE_SECONDS must be longer than NOTIFY_TIMEOUT_SECONDS: a message "
-                                "is another dispatcher's to send only once its lease has run out")
+        if self.notify_lease_seconds <= 3 * self.notify_timeout_seconds:
+            raise SettingsError("NOTIFY_LEASE_SECONDS must be longer than three times NOTIFY_TIMEOUT_SECONDS "
+                                "(connecting, sending and waiting for the answer may each take that long): a "
+                                "message becomes another dispatcher's to send when its lease runs out")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -6,6 +6,7 @@ import sys
 
 import orjson
 import structlog
+import structlog.tracebacks
 
 
 def _uses_json(log_format: str) -> bool:
@@ -60,7 +61,10 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream=None
         structlog.processors.StackInfoRenderer(),
     ]
     if use_json:
-        processors.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, without each frame's local variables: they may hold request bodies,
+        # keys, webhook secrets or the Slack URL.
+        processors.append(structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
     processors.append(renderer)
     structlog.configure(
         processors=processors,

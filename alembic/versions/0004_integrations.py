@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("next_attempt_at", UTC_TIME, nullable=False),
         sa.Column("lease_until", UTC_TIME),
+        sa.Column("lease_token", sa.String(32)),
         sa.Column("created_at", UTC_TIME, nullable=False),
         sa.Column("sent_at", UTC_TIME),
         sa.Column("last_status", sa.Integer),

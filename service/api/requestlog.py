@@ -13,6 +13,7 @@ from service.api.metrics import HTTP_REQUESTS
 log = structlog.get_logger("casestudies.request")
 
 REQUEST_ID_HEADER = "X-Request-Id"
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))  # others count as "other"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -32,7 +33,8 @@ def register(app: Flask) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id
         principal = g.get("principal")
         started = g.get("started")
-        HTTP_REQUESTS.labels(request.method, request.url_rule.rule if request.url_rule else "unmatched",
+        HTTP_REQUESTS.labels(request.method if request.method in _METHODS else "other",
+                             request.url_rule.rule if request.url_rule else "unmatched",
                              str(response.status_code)).inc()
         log.info("request", method=request.method, path=request.path, status=response.status_code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2) if started else None,

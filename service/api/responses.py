@@ -182,7 +182,7 @@ class Subscription(_Answer):
     id: int
     url: str
     types: list[str]
-    secret_prefix: str
+    secret_fingerprint: str  # the start of the secret's SHA-256, never the secret
     created_at: str
     removed_at: str | None
 

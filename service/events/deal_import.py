@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Iterator, TextIO
 
 from service.events.deals import FIELDS, DealConflict, InvalidDeal, as_token, parse_deal, take
+from service.events.errors import DatabaseUnavailable, StoreError
 from service.events.store import EventStore
 
 REQUIRED_COLUMNS = ("deal_id", "case_study_commitment")
@@ -31,18 +32,23 @@ class RowOutcome:
     stream_id: str | None = None
 
 
-def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        return csv.excel
+def _dialect(source: TextIO) -> type[csv.Dialect]:
+    """Excel's CSV with the delimiter the header uses most: comma, semicolon (Excel where the
+    decimal mark is a comma) or tab."""
+    header = source.readline()
+    source.seek(0)
+    delimiter = max(",;\t", key=header.count)
+
+    class Export(csv.excel):
+        pass
+
+    Export.delimiter = delimiter
+    return Export
 
 
 def read_rows(source: TextIO) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """The ignored columns and the rows (line, {field: cell}) of a CSV export, read lazily."""
-    sample = source.read(64 * 1024)
-    source.seek(0)
-    reader = csv.reader(source, _dialect(sample))
+    reader = csv.reader(source, _dialect(source))
     try:
         header = next(reader)
     except StopIteration:
@@ -70,9 +76,12 @@ def read_rows(source: TextIO) -> tuple[list[str], Iterator[tuple[int, dict[str, 
 
 def count_rows(source: TextIO) -> int:
     """How many non-blank rows follow the header (for a progress bar)."""
-    sample = source.read(64 * 1024)
-    source.seek(0)
-    total = sum(1 for cells in csv.reader(source, _dialect(sample)) if any(cell.strip() for cell in cells))
+    total = 0
+    try:
+        for cells in csv.reader(source, _dialect(source)):
+            total += any(cell.strip() for cell in cells)
+    except csv.Error:
+        pass  # counted up to where it cannot be read; the import reports it there
     source.seek(0)
     return max(total - 1, 0)
 
@@ -92,6 +101,11 @@ def import_rows(store: EventStore, rows: Iterator[tuple[int, dict[str, str]]], *
             continue
         except DealConflict as conflict:
             yield RowOutcome(line, deal_id, "invalid", str(conflict))
+            continue
+        except DatabaseUnavailable:
+            raise  # not the row's fault: the import stops, and a re-run carries on
+        except StoreError as refused:  # e.g. a record of that id made by hand, in a state the row cannot follow
+            yield RowOutcome(line, deal_id, "invalid", str(refused))
             continue
         yield RowOutcome(line, deal.deal_id, intake.decision, intake.reason,
                          intake.stream_id if intake.record else None)

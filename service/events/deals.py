@@ -63,13 +63,22 @@ def _close_date(value: Any) -> Any:
                 moment = datetime.fromisoformat(value.replace("z", "Z"))
             except ValueError:
                 raise ValueError(_DATE_FORMS) from None
-            return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC).date()
+            return moment.date()  # the day where the time was given (with its offset: the CRM user's day)
     if isinstance(value, int) and not isinstance(value, bool):
         if not 10**11 <= value < 10**14:
             raise ValueError("as a number must be Unix epoch milliseconds")
-        return datetime.fromtimestamp(value / 1000, UTC).date()
+        return datetime.fromtimestamp(value / 1000, UTC).date()  # an instant: its date in UTC
     if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         raise ValueError(_DATE_FORMS)
+    return value
+
+
+def _deal_id(value: Any) -> Any:
+    """A deal id as text; a JSON number only when whole (8812, never 8812.0 or 8812.5)."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be text or a whole number")
+        return str(int(value))
     return value
 
 
@@ -94,7 +103,7 @@ class Deal(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True)
 
     # Both required; checked in parse_deal, so that a blank one is reported as missing.
-    deal_id: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
+    deal_id: Annotated[Name | None, BeforeValidator(_deal_id), BeforeValidator(_blank_is_missing)] = None
     case_study_commitment: Annotated[Literal["accepted", "declined", "not_discussed"] | None,
                                      BeforeValidator(as_token), BeforeValidator(_blank_is_missing)] = None
     account_id: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
@@ -255,6 +264,8 @@ def take(store: EventStore, deal: Deal, *, actor: str, now: datetime) -> Intake:
         existing = store.record(stream_id)
         reason = ("the customer declined a case study" if deal.case_study_commitment == "declined"
                   else "a case study was not discussed in the deal")
+        if existing is not None and existing.deal_id != deal.deal_id:
+            raise DealConflict(stream_id, deal.deal_id, existing.deal_id)
         if existing is not None:
             reason += ("; a case study for this deal exists already and is left as it is (post a declined "
                        "event to it if the customer backed out)")

@@ -1,10 +1,12 @@
 """The dispatcher: delivers the outbox to Slack and to webhook subscribers, at least once.
 
-A dispatcher claims due messages by giving them a lease (a short transaction; with SKIP LOCKED
-on PostgreSQL, so several dispatchers share the work), sends each outside any transaction, and
-marks it sent, or failed with its next attempt after an exponential back-off, or dead after
-the configured number of attempts. A 429 from a receiver pauses everything for that receiver
-until its ``Retry-After`` has passed and does not count as an attempt. A dispatcher that dies
+A dispatcher claims the oldest due message just before sending it, by giving it a lease and a
+token (a short transaction; with SKIP LOCKED on PostgreSQL, so several dispatchers share the
+work), sends it outside any transaction, and marks it, if its token still holds the lease,
+sent, or failed with its next attempt after an exponential back-off, or dead after the
+configured number of attempts. A 429 from a receiver pauses everything for that receiver until
+its ``Retry-After`` has passed (for every dispatcher: the rate-limited message carries the wait)
+and does not count as an attempt. A dispatcher that dies
 between sending and marking leaves the message pending: once its lease runs out it is sent
 again. Delivery is therefore at least once; a receiver recognises a repeat by the CloudEvents
 ``id`` (Slack cannot, so a crash in that window can post one message twice).
@@ -18,22 +20,24 @@ import email.utils
 import hashlib
 import hmac
 import os
+import re
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Callable
 
 import httpx
 import orjson
 import structlog
-from sqlalchemy import Engine, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Engine, and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from service.events.db import is_sqlite, transaction
-from service.events.outbox import MESSAGE_COLUMNS, Message, Subscriptions, backoff, message, records_stuck_message
+from service.events.outbox import Message, Subscriptions, backoff, message, MESSAGE_COLUMNS, records_stuck_message
 from service.events.projections import Projections
 from service.events.tables import outbox, stuck_announcements, utcnow
 
@@ -41,12 +45,13 @@ log = structlog.get_logger("casestudies.notifications")
 
 SIGNATURE_HEADER = "X-Casestudies-Signature"
 USER_AGENT = "casestudies-dispatcher/1"
-CLAIM_BATCH = 10
+DELIVERIES_PER_TURN = 10  # messages a turn of the loop delivers before it looks at the stuck scan again
+MIN_RATE_LIMIT_WAIT = 1.0  # seconds, even for "Retry-After: 0"
 
 
 @dataclass(frozen=True)
 class DispatchSettings:
-    slack_webhook_url: str | None
+    slack_webhook_url: str | None = field(repr=False)  # a secret
     max_attempts: int = 10
     backoff_seconds: float = 5.0
     backoff_max_seconds: float = 3600.0
@@ -67,7 +72,7 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -79,6 +84,14 @@ def retry_after(value: str | None, now: datetime) -> float | None:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """A message this dispatcher holds the lease on, and the token that proves it."""
+
+    message: Message
+    token: str
+
+
+@dataclass(frozen=True)
 class Attempt:
     """How one send went: ``status`` is the receiver's HTTP status (None: no answer)."""
 
@@ -87,11 +100,6 @@ class Attempt:
     error: str | None
     wait_seconds: float | None = None  # the receiver asked us to wait this long (429)
     final: bool = False  # no later attempt can succeed
-
-
-def _receiver(item: Message) -> str:
-    """Who receives ``item``: a 429 pauses everything for the same receiver."""
-    return "slack" if item.destination == "slack" else f"webhook:{item.subscription_id}"
 
 
 class Dispatcher:
@@ -107,39 +115,46 @@ class Dispatcher:
         self.clock = clock
         self.client = client or httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
                                               headers={"User-Agent": USER_AGENT})
-        self._paused_until: dict[str, datetime] = {}  # receiver ("slack", "webhook:3") -> when it may be tried
 
     # -- claiming and marking ------------------------------------------------------------------
-    def claim(self, limit: int = CLAIM_BATCH) -> list[Message]:
-        """Lease up to ``limit`` due messages to this dispatcher, oldest due first."""
+    def claim(self) -> Claimed | None:
+        """Lease the oldest due message to this dispatcher, just before sending it (None: nothing due).
+
+        One at a time, so that a lease only has to outlast one send; the claim's token is what
+        entitles this dispatcher, and no other, to mark the message afterwards."""
         now = self.clock()
-        paused = {key for key, until in self._paused_until.items() if until > now}
+        # A receiver that answered 429 gets nothing until its wait is over: the rate-limited
+        # message carries the wait, for every dispatcher.
+        limited = outbox.alias("limited")
+        same_receiver = and_(limited.c.destination == outbox.c.destination,
+                             or_(outbox.c.destination == "slack", limited.c.subscription_id == outbox.c.subscription_id))
+        waiting = (select(limited.c.id).where(limited.c.status == "pending", limited.c.last_status == 429,
+                                              limited.c.next_attempt_at > now, same_receiver))
         due = (select(outbox.c.id)
                .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now,
-                      or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
-               .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit))
-        if "slack" in paused:
-            due = due.where(outbox.c.destination != "slack")
-        paused_subscriptions = [int(key.split(":")[1]) for key in paused if key.startswith("webhook:")]
-        if paused_subscriptions:
-            due = due.where(or_(outbox.c.subscription_id.is_(None),
-                                outbox.c.subscription_id.not_in(paused_subscriptions)))
+                      or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now), ~waiting.exists())
+               .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(1))
+        token = uuid.uuid4().hex
         with transaction(self.engine) as conn:
-            if is_sqlite(self.engine):  # writers take turns: no row locks to skip
-                ids = list(conn.execute(due).scalars())
-            else:
-                ids = list(conn.execute(due.with_for_update(skip_locked=True)).scalars())
-            if not ids:
-                return []
-            rows = conn.execute(update(outbox).where(outbox.c.id.in_(ids))
-                                .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds))
-                                .returning(*MESSAGE_COLUMNS))
-            return sorted((message(row) for row in rows), key=lambda m: (m.next_attempt_at, m.id))
+            if not is_sqlite(self.engine):  # SQLite's writers take turns: no row locks to skip
+                due = due.with_for_update(skip_locked=True)
+            found = conn.execute(due).scalar()
+            if found is None:
+                return None
+            row = conn.execute(update(outbox).where(outbox.c.id == found)
+                               .values(lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                                       lease_token=token)
+                               .returning(*MESSAGE_COLUMNS)).one()
+        return Claimed(message(row), token)
 
-    def _mark(self, message_id: int, **values) -> None:
+    def _mark(self, claimed: Claimed, **values) -> bool:
+        """Record an attempt's outcome if this claim still holds the lease (False: it had run out
+        and another dispatcher took the message)."""
         with transaction(self.engine) as conn:
-            conn.execute(update(outbox).where(outbox.c.id == message_id, outbox.c.status == "pending")
-                         .values(lease_until=None, **values))
+            done = conn.execute(update(outbox).where(outbox.c.id == claimed.message.id, outbox.c.status == "pending",
+                                                     outbox.c.lease_token == claimed.token)
+                                .values(lease_until=None, lease_token=None, **values))
+        return done.rowcount == 1
 
     # -- sending -----------------------------------------------------------------------------
     def send(self, item: Message) -> Attempt:
@@ -165,6 +180,8 @@ class Dispatcher:
             return Attempt(False, None, f"no answer within {self.settings.timeout_seconds:g} s")
         except httpx.TransportError as error:
             return Attempt(False, None, f"could not connect: {type(error).__name__}")
+        except httpx.InvalidURL:
+            return Attempt(False, None, "the receiver's URL cannot be used", final=True)
         if 200 <= response.status_code < 300:
             return Attempt(True, response.status_code, None)
         detail = response.text[:200].strip()
@@ -174,43 +191,48 @@ class Dispatcher:
             return Attempt(False, 429, error, wait_seconds=wait if wait is not None else self.settings.backoff_seconds)
         return Attempt(False, response.status_code, error)
 
-    def deliver(self, item: Message) -> Attempt:
-        """Send ``item`` once and record the outcome."""
-        attempt = self.send(item)
+    def deliver(self, claimed: Claimed) -> Attempt:
+        """Send a claimed message once and record the outcome."""
+        item = claimed.message
+        try:
+            attempt = self.send(item)
+        except Exception as error:  # one message never stops the others; its outcome is recorded
+            log.error("notification_send_error", id=item.id, error=type(error).__name__)
+            attempt = Attempt(False, None, f"could not be sent: {type(error).__name__}")
         now = self.clock()
         fields = {"id": item.id, "destination": item.destination, "kind": item.kind, "stream_id": item.stream_id,
                   "subscription_id": item.subscription_id, "attempt": item.attempts + 1, "http_status": attempt.status}
         if attempt.ok:
-            self._mark(item.id, status="sent", sent_at=now, attempts=item.attempts + 1, last_status=attempt.status,
-                       last_error=None)
-            log.info("notification_sent", **fields)
+            marked = self._mark(claimed, status="sent", sent_at=now, attempts=item.attempts + 1,
+                                last_status=attempt.status, last_error=None)
+            outcome = "notification_sent"
         elif attempt.wait_seconds is not None:  # rate limited: wait as asked, not an attempt against it
-            wait = min(attempt.wait_seconds, self.settings.backoff_max_seconds)
+            wait = min(max(attempt.wait_seconds, MIN_RATE_LIMIT_WAIT), self.settings.backoff_max_seconds)
             until = now + timedelta(seconds=wait)
-            self._paused_until[_receiver(item)] = until
-            self._mark(item.id, next_attempt_at=until, last_status=429, last_error=attempt.error)
-            log.info("notification_rate_limited", retry_in=wait, **fields)
+            marked = self._mark(claimed, next_attempt_at=until, last_status=429, last_error=attempt.error)
+            outcome, fields["retry_in"] = "notification_rate_limited", wait
         elif attempt.final or item.attempts + 1 >= self.settings.max_attempts:
-            self._mark(item.id, status="dead", attempts=item.attempts + 1, last_status=attempt.status,
-                       last_error=attempt.error)
-            log.warning("notification_dead", error=attempt.error, **fields)
+            marked = self._mark(claimed, status="dead", attempts=item.attempts + 1, last_status=attempt.status,
+                                last_error=attempt.error)
+            outcome, fields["error"] = "notification_dead", attempt.error
         else:
             delay = backoff(item.attempts + 1, self.settings.backoff_seconds, self.settings.backoff_max_seconds)
-            self._mark(item.id, attempts=item.attempts + 1, next_attempt_at=now + delay,
-                       last_status=attempt.status, last_error=attempt.error)
-            log.info("notification_failed", error=attempt.error, retry_in=delay.total_seconds(), **fields)
+            marked = self._mark(claimed, attempts=item.attempts + 1, next_attempt_at=now + delay,
+                                last_status=attempt.status, last_error=attempt.error)
+            outcome, fields["error"], fields["retry_in"] = "notification_failed", attempt.error, delay.total_seconds()
+        if not marked:  # the lease ran out mid-send: the message is another dispatcher's now
+            log.warning("notification_lease_lost", outcome=outcome, **fields)
+        elif outcome == "notification_dead":
+            log.warning(outcome, **fields)
+        else:
+            log.info(outcome, **fields)
         return attempt
 
-    def run_once(self) -> int:
-        """Claim one batch and deliver it; how many messages were tried."""
-        batch = self.claim()
+    def run_once(self, limit: int = DELIVERIES_PER_TURN) -> int:
+        """Claim and deliver up to ``limit`` messages, one at a time; how many were tried."""
         tried = 0
-        for item in batch:
-            until = self._paused_until.get(_receiver(item))
-            if until is not None and until > self.clock():  # paused by a 429 earlier in this batch
-                self._mark(item.id)  # give the lease back
-                continue
-            self.deliver(item)
+        while tried < limit and (claimed := self.claim()) is not None:
+            self.deliver(claimed)
             tried += 1
         return tried
 
@@ -233,7 +255,9 @@ class Dispatcher:
                 new += [tuple(row) for row in conn.execute(
                     insert_new.values(chunk).on_conflict_do_nothing().returning(*keys))]
             # Findings that no longer hold are forgotten, so the table stays the size of the stuck list.
-            gone = [key for key in conn.execute(select(*keys)) if tuple(key) not in current]
+            # (Only rows announced before this scan: another dispatcher's scan may just have added some.)
+            gone = [key for key in conn.execute(select(*keys).where(stuck_announcements.c.announced_at < now))
+                    if tuple(key) not in current]
             for start in range(0, len(gone), 500):
                 conn.execute(delete(stuck_announcements).where(tuple_(*keys).in_(gone[start:start + 500])))
             if new:

@@ -8,6 +8,7 @@ delays or undoes a write. The dispatcher (dispatch.py) delivers them.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
+import httpx
 from sqlalchemy import Engine, func, insert, select, update
 
 from service.domain import EVENT_TYPES, CaseStudy, readiness
@@ -47,9 +49,14 @@ class Subscription:
     def wants(self, event_type: str) -> bool:
         return ALL_TYPES in self.types or event_type in self.types
 
+    @property
+    def secret_fingerprint(self) -> str:
+        """Tells secrets apart without showing any of one: the start of its SHA-256."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:12]
+
     def to_dict(self) -> dict[str, Any]:
-        """As shown to admins: never the secret, only how it starts."""
-        return {"id": self.id, "url": self.url, "types": list(self.types), "secret_prefix": self.secret[:6],
+        """As shown to admins: never the secret, only its fingerprint."""
+        return {"id": self.id, "url": self.url, "types": list(self.types), "secret_fingerprint": self.secret_fingerprint,
                 "created_at": self.created_at.isoformat(),
                 "removed_at": self.removed_at.isoformat() if self.removed_at else None}
 
@@ -66,6 +73,14 @@ def checked_types(types: Iterable[str]) -> tuple[str, ...]:
     if unknown:
         raise SubscriptionError(f"unknown event types {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
     return wanted
+
+
+def _usable(url: str) -> bool:
+    """The HTTP client can send to it (the pattern alone lets through e.g. ``http://[::1/x``)."""
+    try:
+        return bool(httpx.URL(url).host)
+    except (httpx.InvalidURL, ValueError):
+        return False
 
 
 class Subscriptions:
@@ -86,7 +101,7 @@ class Subscriptions:
     def add(self, url: str, types: Iterable[str], secret: str | None = None) -> tuple[Subscription, str]:
         """Subscribe ``url`` to ``types``; returns it and its secret (generated when not given)."""
         url = url.strip()
-        if not _URL.match(url) or len(url) > 2048:
+        if not _URL.match(url) or len(url) > 2048 or not _usable(url):
             raise SubscriptionError("the URL must be an http:// or https:// URL of at most 2048 characters")
         wanted = checked_types(types)
         secret = secret if secret is not None else "whsec_" + secrets.token_urlsafe(32)
@@ -102,13 +117,18 @@ class Subscriptions:
     def remove(self, subscription_id: int) -> Subscription:
         if not 0 < subscription_id <= MAX_SUBSCRIPTION_ID:
             raise SubscriptionError(f"no active webhook subscription {subscription_id}")
+        now = utcnow()
         with self.engine.begin() as conn:
             done = conn.execute(update(webhook_subscriptions)
                                 .where(webhook_subscriptions.c.id == subscription_id,
                                        webhook_subscriptions.c.removed_at.is_(None))
-                                .values(removed_at=utcnow()))
-        if done.rowcount != 1:
-            raise SubscriptionError(f"no active webhook subscription {subscription_id}")
+                                .values(removed_at=now))
+            if done.rowcount != 1:
+                raise SubscriptionError(f"no active webhook subscription {subscription_id}")
+            conn.execute(update(outbox).where(outbox.c.subscription_id == subscription_id,
+                                              outbox.c.status == "pending")
+                         .values(status="dead", last_error="the webhook subscription was removed",
+                                 lease_until=None, lease_token=None))
         self._fresh_until = float("-inf")
         return self.get(subscription_id)
 
@@ -216,16 +236,18 @@ class OutboxPlanner:
         self.source = source
         self.kpi_threshold_pct = kpi_threshold_pct
 
-    def refresh(self) -> None:
-        """Look up the active subscriptions if the remembered ones are stale (before a write's session)."""
-        self.subscriptions.active()
+    def subscribers(self) -> tuple[Subscription, ...]:
+        """The active subscriptions, looked up (when the remembered ones are stale) before a write
+        takes its connection; the write's plan uses these."""
+        return self.subscriptions.active()
 
     def before(self, record: CaseStudy) -> bool:
         """What the plan needs to know of the record before the append: was it a candidate?"""
         return self.slack and record.exists and readiness(record, self.kpi_threshold_pct).candidate
 
     def plan(self, was_candidate: bool, record: CaseStudy, rows: Sequence[dict[str, Any]],
-             statuses: Sequence[str], actor: str, recorded_at: datetime) -> list[dict[str, Any]]:
+             statuses: Sequence[str], actor: str, recorded_at: datetime,
+             subscribers: Sequence[Subscription]) -> list[dict[str, Any]]:
         """The outbox rows (destination, subscription_id, kind, event_id, dedupe_key, payload)."""
         queued = []
         if self.slack:
@@ -237,7 +259,7 @@ class OutboxPlanner:
                 queued.append(_row("slack", None, "new_candidate", rows[-1]["event_id"],
                                    f"slack:new_candidate:{rows[-1]['event_id']}",
                                    new_candidate_message(record, url, self.kpi_threshold_pct)))
-        for subscription in self.subscriptions.active():
+        for subscription in subscribers:
             for row, status in zip(rows, statuses):
                 if subscription.wants(row["type"]):
                     queued.append(_row("webhook", subscription.id, "event", row["event_id"],
@@ -333,7 +355,7 @@ class Outbox:
             query = query.where(outbox.c.id == message_id)
         with self.engine.begin() as conn:
             return conn.execute(query.values(status="pending", attempts=0, next_attempt_at=now,
-                                             lease_until=None)).rowcount
+                                             lease_until=None, lease_token=None)).rowcount
 
     def depth(self) -> Depth:
         with self.engine.connect() as conn:

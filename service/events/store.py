@@ -35,7 +35,7 @@ from service.events.errors import (
 )
 from service.events.integrity import GENESIS, event_hash
 from service.events.metrics import APPEND_SECONDS, EVENTS_APPENDED
-from service.events.outbox import OutboxPlanner
+from service.events.outbox import OutboxPlanner, Subscription
 from service.events.tables import case_studies, events, utcnow
 from service.events.writes import LostRace, Session, writer_for
 
@@ -199,8 +199,8 @@ class EventStore:
     def _append(self, stream_id: str, new_events: Sequence[NewEvent], actor: str,
                 expected_version: int | None) -> AppendResult:
         digests = [event.digest(stream_id) for event in new_events]
-        if self.outbox is not None:
-            self.outbox.refresh()  # any lookup it needs happens before the write's connection is taken
+        # Any lookup the outbox needs happens before the write's connection is taken.
+        subscribers = self.outbox.subscribers() if self.outbox is not None else ()
         attempt, use_cache = 0, True
         while attempt < MAX_ATTEMPTS:
             cached = self._states.get(stream_id) if use_cache else None
@@ -209,7 +209,7 @@ class EventStore:
                 # that lost a race tries again holding the record's row lock, so writers of one
                 # busy stream queue up.
                 result, remembered = self._attempt(stream_id, new_events, digests, actor, expected_version,
-                                                   cached=cached, locked=attempt > 0)
+                                                   cached=cached, locked=attempt > 0, subscribers=subscribers)
             except LostRace:
                 self._forget(stream_id)
                 use_cache = False
@@ -249,7 +249,7 @@ class EventStore:
 
     def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
                  actor: str, expected_version: int | None, *, cached: tuple[str, str] | None,
-                 locked: bool) -> tuple[AppendResult, tuple[str, str]]:
+                 locked: bool, subscribers: Sequence[Subscription] = ()) -> tuple[AppendResult, tuple[str, str]]:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile.
 
         Returns the result and the state to remember once the write is committed."""
@@ -261,11 +261,12 @@ class EventStore:
                 state, head_hash = session.read_state(stream_id)
             record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
             return self._decide_and_write(session, record, head_hash or GENESIS, new_events, digests, actor,
-                                          expected_version)
+                                          expected_version, subscribers)
 
     def _decide_and_write(self, session: Session, record: CaseStudy, head_hash: str,
                           new_events: Sequence[NewEvent], digests: list[str], actor: str,
-                          expected_version: int | None) -> tuple[AppendResult, tuple[str, str]]:
+                          expected_version: int | None,
+                          subscribers: Sequence[Subscription] = ()) -> tuple[AppendResult, tuple[str, str]]:
         """Let the domain decide each event on ``record``; write them if ``record`` is still current."""
         stream_id = record.id
         version_before = record.version
@@ -314,7 +315,7 @@ class EventStore:
                     handler(conn, stored, record)
 
         state = state_row(record, head_hash)
-        queued = (self.outbox.plan(was_candidate, record, rows, statuses, actor, now)
+        queued = (self.outbox.plan(was_candidate, record, rows, statuses, actor, now, subscribers)
                   if self.outbox is not None else [])
         positions = session.write(stream_id, version_before, rows, state, actor, now, after_write, queued)
         return (AppendResult(stream_id, record, stored_events(positions), created=True),

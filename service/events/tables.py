@@ -265,6 +265,7 @@ outbox = Table(
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("lease_until", UTCDateTime),  # a dispatcher is sending it until then
+    Column("lease_token", String(32)),  # which claim holds the lease: only it may mark the message
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
     Column("last_status", Integer),  # the receiver's HTTP status on the last attempt

@@ -65,3 +65,15 @@ def test_an_export_without_the_required_columns_is_refused_before_any_row(fresh_
     assert "no deal_id or case_study_commitment column" in refused.stderr
     (tmp_path / "empty.csv").write_text("")
     assert "needs a header row" in cli(url, "import", "deals", str(tmp_path / "empty.csv")).stderr
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
+def test_a_file_that_cannot_be_read_to_its_end_keeps_the_rows_before(fresh_database, tmp_path):
+    url = fresh_database.url
+    assert cli(url, "db", "upgrade").returncode == 0
+    export = tmp_path / "deals.csv"
+    header, good = EXPORT.splitlines()[0].lstrip("\ufeff"), EXPORT.splitlines()[1]
+    export.write_text("\n".join([header, good, good.replace("D-1", "D-9").replace("Acme Air", "x" * 200_000)]) + "\n")
+    done = cli(url, "import", "deals", str(export))
+    assert done.returncode == 1
+    assert "1 rows: 1 created" in done.stdout and "cannot read on after row 1" in done.stderr

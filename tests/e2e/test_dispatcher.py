@@ -30,7 +30,7 @@ def test_a_dispatcher_killed_between_send_and_mark_delivers_again_after_restart(
     url = fresh_database.url
     assert cli(url, "db", "upgrade").returncode == 0
     env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", "NOTIFY_LEASE_SECONDS": "2",
-           "NOTIFY_TIMEOUT_SECONDS": "1"}
+           "NOTIFY_TIMEOUT_SECONDS": "0.5"}
     dispatchers: list[subprocess.Popen] = []
 
     def kill_the_sender(_request):

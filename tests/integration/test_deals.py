@@ -108,7 +108,9 @@ def test_tools_send_text_for_everything_and_blank_for_unset(client, keys):
                                                  "close_date": "2026-10-01T23:30:00-02:00"})
     assert numeric.status_code == 201
     stored = client.get(numeric.headers["Location"], headers=auth(keys["reader"])).get_json()
-    assert stored["close_date"] == "2026-10-02"  # the time's date in UTC
+    assert stored["close_date"] == "2026-10-01"  # the day where the time was given, not its UTC date
+    whole = post_deal(client, keys["writer"], {**DEAL, "deal_id": float(8_000_000_000 + hash(deal_id) % 10**6)})
+    assert whole.status_code == 201 and whole.get_json()["id"] == f"deal-{8_000_000_000 + hash(deal_id) % 10**6}"
 
 
 @pytest.mark.parametrize(("body", "fields"), [
@@ -123,6 +125,9 @@ def test_tools_send_text_for_everything_and_blank_for_unset(client, keys):
     ({**DEAL, "deal_id": "x1", "status": "on_hold"}, {"hold_reason"}),
     ({**DEAL, "deal_id": "x1", "status": "published"}, {"status"}),
     ([DEAL], {""}),
+    ({**DEAL, "deal_id": 8812.5}, {"deal_id"}),
+    ({**DEAL, "deal_id": "x1", "close_date": "9999-12-31T23:00:00-05:00", "status": "in_progress",
+      "status_since": "0001-01-01T00:00:00+05:00"}, {"status_since"}),
 ])
 def test_a_bad_deal_is_422_naming_each_field_and_stores_nothing(client, keys, body, fields):
     answer = problem(post_deal(client, keys["writer"], body), 422, "invalid_deal")
@@ -137,6 +142,17 @@ def test_deal_intake_needs_a_writer_and_json(client, keys):
         **auth(keys["writer"]), "Content-Type": "application/x-www-form-urlencoded"}), 415, "unsupported_media_type")
     problem(client.post("/integrations/deals", data="{nope", headers={
         **auth(keys["writer"]), "Content-Type": "application/json"}), 415, "unsupported_media_type")
+
+
+def test_a_record_made_by_hand_under_a_deal_s_id_is_not_taken_for_that_deal(client, keys):
+    deal_id = unique_id("hand")
+    made = client.post(f"/case-studies/deal-{deal_id}/events", json={"type": "committed", "data": {
+        "account": {"id": "a", "name": "Other"}, "csm": "Robin", "champion": {"name": "X", "title": "Y"},
+        "use_case": "z", "close_date": "2026-01-01"}}, headers=auth(keys["writer"]))
+    assert made.status_code == 201
+    for commitment in ("Accepted", "Declined"):
+        problem(post_deal(client, keys["writer"], {**DEAL, "deal_id": deal_id, "case_study_commitment": commitment}),
+                409, "already_exists")
 
 
 def test_a_deal_id_outside_the_id_form_gets_a_stable_hashed_record_id(client, keys):

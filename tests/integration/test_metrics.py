@@ -42,6 +42,10 @@ def test_metrics_count_requests_by_route_appends_by_type_and_time_appends(client
     assert value(after, "casestudies_append_duration_seconds_bucket", le="+Inf") == \
         value(after, "casestudies_append_duration_seconds_count")
     assert value(after, "casestudies_metrics_database_up") == 1
+    for method in ("BREW", "X" * 50):  # any method a client invents counts as "other", not as a new label
+        client.open("/nowhere", method=method)
+    methods = {dict(labels).get("method") for name, labels in scrape(client) if name == "casestudies_http_requests_total"}
+    assert "BREW" not in methods and "other" in methods
 
 
 def test_metrics_show_the_outbox_and_how_far_each_projector_lags(client, services):

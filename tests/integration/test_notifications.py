@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from service.bootstrap import build, dispatcher
 from service.config import Settings
 from service.domain import GuardFailed
 from service.events.dispatch import SIGNATURE_HEADER
+from service.events.outbox import SubscriptionError
 from service.events.store import NewEvent
 from service.events.tables import outbox, stuck_announcements, utcnow, webhook_subscriptions
 from tests.conftest import BACKENDS, Database, migrated_database, unique_id
@@ -53,8 +55,8 @@ class Clock:
 
 
 def wire(db: Database, slack_url: str | None = None, **settings):
+    settings = {"notify_backoff_seconds": 10, "notify_timeout_seconds": 2, "notify_lease_seconds": 30, **settings}
     services = build(Settings(database_url=db.url, log_format="json", slack_webhook_url=slack_url,
-                              notify_backoff_seconds=10, notify_timeout_seconds=2, notify_lease_seconds=30,
                               webhook_cache_seconds=0, public_base_url="https://cs.example.com", **settings),
                      engine=db.engine)
     clock = Clock()
@@ -148,6 +150,8 @@ def test_a_429_waits_as_long_as_retry_after_says_and_pauses_that_receiver(notify
         assert (untried.status, untried.attempts, untried.lease_until) == ("pending", 0, None)
         commit(services)
         assert sender.run_once() == 0  # Slack is paused: nothing goes to it, not even a new message
+        _, other, _ = wire(notify_db, slack.url)
+        assert other.run_once() == 0  # nor from another dispatcher: the pending messages' due times moved
         assert len(slack.received) == 1
         clock.offset = timedelta(seconds=31)
         assert sender.run_once() == 3
@@ -236,11 +240,61 @@ def test_a_removed_subscription_gets_nothing_more_and_its_queue_dies(notify_db):
         subscription, _ = services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
         commit(services)
         services.subscriptions.remove(subscription.id)
-        commit(services)
-        sender.run_once()
-        assert consumer.received == []
-        (row,) = rows(notify_db)
+        (row,) = rows(notify_db)  # dead at once, not when next tried
         assert row.status == "dead" and row.last_error == "the webhook subscription was removed"
+        commit(services)
+        assert sender.run_once() == 0 and consumer.received == []
+        assert len(rows(notify_db)) == 1
+
+
+def test_a_retry_after_of_zero_still_waits_a_second(notify_db):
+    with Receiver(Response(429, {"Retry-After": "0"})) as slack:
+        services, sender, _ = wire(notify_db, slack.url)
+        commit(services)
+        assert sender.run_once() == 1
+        (row,) = rows(notify_db)
+        assert row.next_attempt_at - utcnow() > timedelta(seconds=0.5) and row.attempts == 0
+
+
+def test_a_url_the_http_client_cannot_use_kills_the_message_not_the_dispatcher(notify_db):
+    services, sender, _ = wire(notify_db, "http://[::1/hook")  # passes the settings' check
+    commit(services)
+    commit(services)
+    assert sender.run_once() == 2
+    assert [(r.status, r.last_error) for r in rows(notify_db)] == [("dead", "the receiver's URL cannot be used")] * 2
+    with pytest.raises(SubscriptionError):
+        services.subscriptions.add("http://[::1/hook", ["*"], "s3cret-s3cret-s3cret")
+
+
+def test_a_dispatcher_whose_lease_ran_out_cannot_mark_the_message(notify_db):
+    services, first, clock = wire(notify_db, CLOSED_PORT_URL)
+    _, second, second_clock = wire(notify_db, CLOSED_PORT_URL)
+    commit(services)
+    stale = first.claim()
+    assert second.claim() is None  # leased
+    second_clock.offset = timedelta(seconds=31)  # past the 30 s lease
+    fresh = second.claim()
+    assert fresh is not None and fresh.message.id == stale.message.id and fresh.token != stale.token
+    assert not first._mark(stale, status="sent")
+    assert second._mark(fresh, status="sent")
+    assert rows(notify_db)[0].status == "sent"
+
+
+def test_two_dispatchers_with_a_slow_receiver_still_send_each_message_once(notify_db):
+    with Receiver(on_request=lambda _: time.sleep(0.3)) as consumer:
+        services, first, _ = wire(notify_db, notify_lease_seconds=2, notify_timeout_seconds=0.5)
+        _, second, _ = wire(notify_db, notify_lease_seconds=2, notify_timeout_seconds=0.5)
+        services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
+        for _ in range(8):
+            commit(services)
+        threads = [threading.Thread(target=lambda s=s: [None for _ in iter(s.run_once, 0)]) for s in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ids = [d.json()["id"] for d in consumer.received]
+        assert len(ids) == 8 and len(set(ids)) == 8  # 2.4 s of sending, over 2 s leases: none sent twice
+        assert {(r.status, r.attempts) for r in rows(notify_db)} == {("sent", 1)}
 
 
 def test_two_dispatchers_share_the_queue_without_sending_anything_twice(notify_db):
