@@ -89,7 +89,8 @@ class Settings:
         defaults = StuckThresholds()
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            public_base_url=_url(env, "PUBLIC_BASE_URL", "http://127.0.0.1:8000"),
+            # Default: where `make run` serves (PORT, 8000 unless set).
+            public_base_url=_url(env, "PUBLIC_BASE_URL", f"http://127.0.0.1:{_int(env, 'PORT', 8000, minimum=1)}"),
             slack_webhook_url=_url(env, "SLACK_WEBHOOK_URL", None),
             webhook_cache_seconds=_float(env, "WEBHOOK_CACHE_SECONDS", 5.0),
             notify_max_attempts=_int(env, "NOTIFY_MAX_ATTEMPTS", 10, minimum=1),
