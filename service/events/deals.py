@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
-from typing import Annotated, Any, Literal, Mapping, get_args
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
@@ -33,7 +33,6 @@ from service.events.schemas import (
 from service.events.store import EventStore, NewEvent
 
 STREAM_PREFIX = "deal-"
-COMMITMENTS = ("accepted", "declined", "not_discussed")
 
 
 def _blank_is_missing(value: Any) -> Any:
@@ -90,7 +89,6 @@ def _roles(value: Any) -> Any:
 
 
 BackfillStatus = Literal["not_started", "in_progress", "awaiting_customer_approval", "on_hold", "declined"]
-BACKFILL_STATUSES: tuple[str, ...] = get_args(BackfillStatus)
 
 
 class InvalidDeal(InvalidEvent):
@@ -143,7 +141,6 @@ class Deal(BaseModel):
 ACCEPTED_REQUIRES = ("account_id", "account_name", "csm", "close_date", "use_case", "champion_name",
                      "champion_title")
 FIELDS = tuple(Deal.model_fields) + ("owner",)
-DECISIONS = ("created", "exists", "not_created")
 
 
 def parse_deal(values: Mapping[str, Any] | bytes) -> Deal:

@@ -26,7 +26,6 @@ from service.events.tables import outbox, utcnow, webhook_subscriptions
 
 DESTINATIONS = ("slack", "webhook")
 STATUSES = ("pending", "sent", "dead")
-KINDS = ("record_created", "new_candidate", "records_stuck", "event")
 CLOUDEVENT_TYPE_PREFIX = "com.casestudies.casestudy."
 ALL_TYPES = "*"
 MAX_SUBSCRIPTION_ID = 2**31 - 1  # the id columns' ranges: a larger id names nothing
