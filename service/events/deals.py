@@ -35,11 +35,6 @@ from service.events.store import EventStore, NewEvent
 STREAM_PREFIX = "deal-"
 
 
-def _blank_is_missing(value: Any) -> Any:
-    """Tools send an unset CRM field as an empty string: it means the field is absent."""
-    return None if isinstance(value, str) and not value.strip() else value
-
-
 def as_token(value: Any) -> Any:
     """A value as a code: ``Not discussed``, ``NOT_DISCUSSED`` and ``not-discussed`` are ``not_discussed``;
     ``In Progress`` is ``in_progress``."""
@@ -52,7 +47,8 @@ _DATE_FORMS = "must be a date (2026-10-01), an ISO-8601 time or Unix epoch milli
 
 
 def _close_date(value: Any) -> Any:
-    """A date, an ISO-8601 time (its date in UTC), or Unix epoch milliseconds (as HubSpot sends)."""
+    """A date, an ISO-8601 time (the date where it was given), or Unix epoch milliseconds (as HubSpot
+    sends them; their date in UTC)."""
     if isinstance(value, str):
         value = value.strip()
         if re.fullmatch(r"\d{12,14}", value):
@@ -101,39 +97,43 @@ class Deal(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True)
 
     # Both required; checked in parse_deal, so that a blank one is reported as missing.
-    deal_id: Annotated[Name | None, BeforeValidator(_deal_id), BeforeValidator(_blank_is_missing)] = None
+    deal_id: Annotated[Name | None, BeforeValidator(_deal_id)] = None
     case_study_commitment: Annotated[Literal["accepted", "declined", "not_discussed"] | None,
-                                     BeforeValidator(as_token), BeforeValidator(_blank_is_missing)] = None
-    account_id: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
-    account_name: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
-    csm: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
-    close_date: Annotated[date | None, BeforeValidator(_close_date), BeforeValidator(_blank_is_missing)] = None
-    use_case: Annotated[Text | None, BeforeValidator(_blank_is_missing)] = None
-    champion_name: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
-    champion_title: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
-    champion_email: Annotated[Email | None, BeforeValidator(_blank_is_missing)] = None
-    msa_restricted: Annotated[bool, BeforeValidator(lambda v: _blank_is_missing(v) or False)] = False
-    anonymized: Annotated[bool, BeforeValidator(lambda v: _blank_is_missing(v) or False)] = False
-    industry_description: Annotated[Name | None, BeforeValidator(_blank_is_missing)] = None
+                                     BeforeValidator(as_token)] = None
+    account_id: Name | None = None
+    account_name: Name | None = None
+    csm: Name | None = None
+    close_date: Annotated[date | None, BeforeValidator(_close_date)] = None
+    use_case: Text | None = None
+    champion_name: Name | None = None
+    champion_title: Name | None = None
+    champion_email: Email | None = None
+    msa_restricted: bool = False
+    anonymized: bool = False
+    industry_description: Name | None = None
     # Back-filling a record kept elsewhere so far (a CRM custom object): where it stands now.
-    status: Annotated[BackfillStatus | None, BeforeValidator(as_token), BeforeValidator(_blank_is_missing)] = None
-    status_since: Annotated[date | None, BeforeValidator(_close_date), BeforeValidator(_blank_is_missing)] = None
+    status: Annotated[BackfillStatus | None, BeforeValidator(as_token)] = None
+    status_since: Annotated[date | None, BeforeValidator(_close_date)] = None
     approvers: Annotated[list[Literal["marketing", "legal", "executive_sponsor"]] | None,
-                         BeforeValidator(_roles), BeforeValidator(_blank_is_missing)] = None
-    hold_reason: Annotated[Text | None, BeforeValidator(_blank_is_missing)] = None
-    revisit_on: Annotated[date | None, BeforeValidator(_close_date), BeforeValidator(_blank_is_missing)] = None
-    declined_reason: Annotated[Text | None, BeforeValidator(_blank_is_missing)] = None
+                         BeforeValidator(_roles)] = None
+    hold_reason: Text | None = None
+    revisit_on: Annotated[date | None, BeforeValidator(_close_date)] = None
+    declined_reason: Text | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _owner_is_the_csm(cls, values: Any) -> Any:
+    def _as_tools_send_it(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        # Tools send an unset CRM field as an empty string (or null): it means the field is absent.
+        values = {name: value for name, value in values.items()
+                  if value is not None and not (isinstance(value, str) and not value.strip())}
         # CRMs call the CSM the deal's owner.
-        if isinstance(values, dict) and "owner" in values:
-            values = dict(values)
+        if "owner" in values:
             owner = values.pop("owner")
-            if _blank_is_missing(values.get("csm")) is None:
+            if "csm" not in values:
                 values["csm"] = owner
-            elif _blank_is_missing(owner) is not None and str(owner).strip() != str(values["csm"]).strip():
+            elif str(owner).strip() != str(values["csm"]).strip():
                 raise ValueError("owner and csm differ; send one of them")
         return values
 
