@@ -37,7 +37,7 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
     """Wire the store, keys, projections and the outbox onto one engine (made from settings unless given)."""
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     subscriptions = Subscriptions(engine, cache_seconds=settings.webhook_cache_seconds)
-    planner = OutboxPlanner(subscriptions, slack=settings.slack_webhook_url is not None,
+    planner = OutboxPlanner(subscriptions, slack=settings.notify.slack_webhook_url is not None,
                             record_url=settings.record_url, source=f"{settings.public_base_url.rstrip('/')}/case-studies",
                             kpi_threshold_pct=settings.candidate_kpi_pct)
     store = EventStore(engine, cache_size=settings.state_cache_size, outbox=planner)
@@ -60,11 +60,7 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
 
 def dispatcher(services: Services):
     """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
-    from service.events.dispatch import DispatchSettings, Dispatcher
+    from service.events.dispatch import Dispatcher
 
-    settings = services.settings
-    return Dispatcher(services.engine, services.subscriptions, services.projections, DispatchSettings(
-        slack_webhook_url=settings.slack_webhook_url, max_attempts=settings.notify_max_attempts,
-        backoff_seconds=settings.notify_backoff_seconds, backoff_max_seconds=settings.notify_backoff_max_seconds,
-        timeout_seconds=settings.notify_timeout_seconds, lease_seconds=settings.notify_lease_seconds,
-        stuck_scan_seconds=settings.notify_stuck_scan_seconds, public_base_url=settings.public_base_url))
+    return Dispatcher(services.engine, services.subscriptions, services.projections, services.settings.notify,
+                      base_url=services.settings.public_base_url)

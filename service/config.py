@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from service.domain import StuckThresholds
+from service.events.outbox import DeliverySettings
 
 DEFAULT_DATABASE_URL = "sqlite:///var/casestudies.db"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -61,17 +62,11 @@ class Settings:
     candidate_kpi_pct: float = 20.0
     stuck: StuckThresholds = field(default_factory=StuckThresholds)
     public_base_url: str = "http://127.0.0.1:8000"  # how people and other tools reach this service
-    slack_webhook_url: str | None = field(default=None, repr=False)  # a secret: never logged
     webhook_cache_seconds: float = 5.0
-    notify_max_attempts: int = 10
-    notify_backoff_seconds: float = 5.0
-    notify_backoff_max_seconds: float = 3600.0
-    notify_timeout_seconds: float = 10.0
-    notify_lease_seconds: float = 60.0
-    notify_stuck_scan_seconds: float = 3600.0
+    notify: DeliverySettings = field(default_factory=DeliverySettings)
 
     def __post_init__(self) -> None:
-        if self.notify_lease_seconds <= 3 * self.notify_timeout_seconds:
+        if self.notify.lease_seconds <= 3 * self.notify.timeout_seconds:
             raise SettingsError("NOTIFY_LEASE_SECONDS must be longer than three times NOTIFY_TIMEOUT_SECONDS "
                                 "(connecting, sending and waiting for the answer may each take that long): a "
                                 "message becomes another dispatcher's to send when its lease runs out")
@@ -86,19 +81,21 @@ class Settings:
         log_level = env.get("LOG_LEVEL", "info").lower()
         if log_level not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-        defaults = StuckThresholds()
+        defaults, notify = StuckThresholds(), DeliverySettings()
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             # Default: where `make run` serves (PORT, 8000 unless set).
             public_base_url=_url(env, "PUBLIC_BASE_URL", f"http://127.0.0.1:{_int(env, 'PORT', 8000, minimum=1)}"),
-            slack_webhook_url=_url(env, "SLACK_WEBHOOK_URL", None),
             webhook_cache_seconds=_float(env, "WEBHOOK_CACHE_SECONDS", 5.0),
-            notify_max_attempts=_int(env, "NOTIFY_MAX_ATTEMPTS", 10, minimum=1),
-            notify_backoff_seconds=_float(env, "NOTIFY_BACKOFF_SECONDS", 5.0),
-            notify_backoff_max_seconds=_float(env, "NOTIFY_BACKOFF_MAX_SECONDS", 3600.0),
-            notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 10.0),
-            notify_lease_seconds=_float(env, "NOTIFY_LEASE_SECONDS", 60.0),
-            notify_stuck_scan_seconds=_float(env, "NOTIFY_STUCK_SCAN_SECONDS", 3600.0),
+            notify=DeliverySettings(
+                slack_webhook_url=_url(env, "SLACK_WEBHOOK_URL", None),
+                max_attempts=_int(env, "NOTIFY_MAX_ATTEMPTS", notify.max_attempts, minimum=1),
+                backoff_seconds=_float(env, "NOTIFY_BACKOFF_SECONDS", notify.backoff_seconds),
+                backoff_max_seconds=_float(env, "NOTIFY_BACKOFF_MAX_SECONDS", notify.backoff_max_seconds),
+                timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", notify.timeout_seconds),
+                lease_seconds=_float(env, "NOTIFY_LEASE_SECONDS", notify.lease_seconds),
+                stuck_scan_seconds=_float(env, "NOTIFY_STUCK_SCAN_SECONDS", notify.stuck_scan_seconds),
+            ),
             log_format=log_format,
             log_level=log_level,
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1),

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Callable
 
@@ -37,7 +37,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from service.events.db import is_sqlite, transaction
-from service.events.outbox import Message, Subscriptions, backoff, message, MESSAGE_COLUMNS, records_stuck_message
+from service.events.outbox import (
+    MESSAGE_COLUMNS,
+    DeliverySettings,
+    Message,
+    Subscriptions,
+    backoff,
+    message,
+    records_stuck_message,
+)
 from service.events.projections import Projections
 from service.events.tables import outbox, stuck_announcements, utcnow
 
@@ -47,18 +55,6 @@ SIGNATURE_HEADER = "X-Casestudies-Signature"
 USER_AGENT = "casestudies-dispatcher/1"
 DELIVERIES_PER_TURN = 10  # messages a turn of the loop delivers before it looks at the stuck scan again
 MIN_RATE_LIMIT_WAIT = 1.0  # seconds, even for "Retry-After: 0"
-
-
-@dataclass(frozen=True)
-class DispatchSettings:
-    slack_webhook_url: str | None = field(repr=False)  # a secret
-    max_attempts: int = 10
-    backoff_seconds: float = 5.0
-    backoff_max_seconds: float = 3600.0
-    timeout_seconds: float = 10.0
-    lease_seconds: float = 60.0
-    stuck_scan_seconds: float = 3600.0
-    public_base_url: str = "http://127.0.0.1:8000"
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -106,12 +102,13 @@ class Dispatcher:
     """Claims, sends and marks outbox messages; scans for newly stuck records."""
 
     def __init__(self, engine: Engine, subscriptions: Subscriptions, projections: Projections,
-                 settings: DispatchSettings, *, clock: Callable[[], datetime] = utcnow,
+                 settings: DeliverySettings, *, base_url: str, clock: Callable[[], datetime] = utcnow,
                  client: httpx.Client | None = None):
         self.engine = engine
         self.subscriptions = subscriptions
         self.projections = projections
         self.settings = settings
+        self.base_url = base_url.rstrip("/")  # for the links in stuck announcements
         self.clock = clock
         self.client = client or httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
                                               headers={"User-Agent": USER_AGENT})
@@ -263,7 +260,7 @@ class Dispatcher:
             if new:
                 order = {key: index for index, key in enumerate(ordered)}  # the stuck list's own order
                 found = [(current[key].record, current[key].finding) for key in sorted(new, key=order.__getitem__)]
-                base = self.settings.public_base_url.rstrip("/")
+                base = self.base_url
                 conn.execute(insert(outbox).values(
                     destination="slack", kind="records_stuck", dedupe_key=f"slack:records_stuck:{now.isoformat()}",
                     payload=records_stuck_message(found, lambda i: f"{base}/case-studies/{i}",

@@ -13,14 +13,14 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
 import httpx
 from sqlalchemy import Engine, func, insert, select, update
 
-from service.domain import EVENT_TYPES, CaseStudy, readiness
+from service.domain import EVENT_TYPES, CaseStudy, Readiness, readiness
 from service.events import cursors
 from service.events.tables import outbox, utcnow, webhook_subscriptions
 
@@ -28,8 +28,22 @@ DESTINATIONS = ("slack", "webhook")
 STATUSES = ("pending", "sent", "dead")
 CLOUDEVENT_TYPE_PREFIX = "com.casestudies.casestudy."
 ALL_TYPES = "*"
+CANDIDACY_EVENTS = frozenset(("metrics_recorded", "nps_recorded"))  # the events readiness follows
 MAX_SUBSCRIPTION_ID = 2**31 - 1  # the id columns' ranges: a larger id names nothing
 MAX_MESSAGE_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the outbox is delivered (the NOTIFY_* and SLACK_WEBHOOK_URL settings)."""
+
+    slack_webhook_url: str | None = field(default=None, repr=False)  # a secret: never logged
+    max_attempts: int = 10
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    timeout_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    stuck_scan_seconds: float = 3600.0
 
 
 class SubscriptionError(ValueError):
@@ -181,8 +195,7 @@ def record_created_message(record: CaseStudy, url: str) -> dict[str, Any]:
     return {"text": f"New case study: *{_customer(record)}*, CSM {csm}. {_link(url, record.id)}"}
 
 
-def new_candidate_message(record: CaseStudy, url: str, kpi_threshold_pct: float) -> dict[str, Any]:
-    ready = readiness(record, kpi_threshold_pct)
+def new_candidate_message(record: CaseStudy, url: str, ready: Readiness) -> dict[str, Any]:
     csm = slack_escape(record.csm) if record.csm else "nobody yet"
     return {"text": f"New case study candidate: *{_customer(record)}*: {slack_escape(ready.best_metric or '')} "
                     f"{ready.kpi_improvement_pct:g}% better, NPS {ready.nps}; CSM {csm}. {_link(url, record.id)}"}
@@ -240,11 +253,14 @@ class OutboxPlanner:
         takes its connection; the write's plan uses these."""
         return self.subscriptions.active()
 
-    def before(self, record: CaseStudy) -> bool:
-        """What the plan needs to know of the record before the append: was it a candidate?"""
-        return self.slack and record.exists and readiness(record, self.kpi_threshold_pct).candidate
+    def before(self, record: CaseStudy, event_types: Iterable[str]) -> bool | None:
+        """What the plan needs to know of the record before the append: was it a candidate?
+        None when the events cannot make it one (only metrics and NPS move readiness)."""
+        if not self.slack or CANDIDACY_EVENTS.isdisjoint(event_types):
+            return None
+        return record.exists and readiness(record, self.kpi_threshold_pct).candidate
 
-    def plan(self, was_candidate: bool, record: CaseStudy, rows: Sequence[dict[str, Any]],
+    def plan(self, was_candidate: bool | None, record: CaseStudy, rows: Sequence[dict[str, Any]],
              statuses: Sequence[str], actor: str, recorded_at: datetime,
              subscribers: Sequence[Subscription]) -> list[dict[str, Any]]:
         """The outbox rows (destination, subscription_id, kind, event_id, dedupe_key, payload)."""
@@ -254,10 +270,11 @@ class OutboxPlanner:
             if rows[0]["type"] == "committed":
                 queued.append(_row("slack", None, "record_created", rows[0]["event_id"],
                                    f"slack:record_created:{record.id}", record_created_message(record, url)))
-            if not was_candidate and readiness(record, self.kpi_threshold_pct).candidate:
+            ready = readiness(record, self.kpi_threshold_pct) if was_candidate is False else None
+            if ready is not None and ready.candidate:
                 queued.append(_row("slack", None, "new_candidate", rows[-1]["event_id"],
                                    f"slack:new_candidate:{rows[-1]['event_id']}",
-                                   new_candidate_message(record, url, self.kpi_threshold_pct)))
+                                   new_candidate_message(record, url, ready)))
         for subscription in subscribers:
             for row, status in zip(rows, statuses):
                 if subscription.wants(row["type"]):

@@ -279,7 +279,7 @@ class EventStore:
             raise VersionConflict(stream_id, expected_version, version_before)
 
         now = self.clock()
-        was_candidate = self.outbox.before(record) if self.outbox is not None else False
+        was_candidate = self.outbox.before(record, (e.type for e in new_events)) if self.outbox is not None else None
         rows, statuses = [], []
         for index, (event, digest) in enumerate(zip(new_events, digests)):
             pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)

@@ -19,7 +19,7 @@ from service.bootstrap import build, dispatcher
 from service.config import Settings
 from service.domain import GuardFailed
 from service.events.dispatch import SIGNATURE_HEADER
-from service.events.outbox import SubscriptionError
+from service.events.outbox import DeliverySettings, SubscriptionError
 from service.events.store import NewEvent
 from service.events.tables import outbox, stuck_announcements, utcnow, webhook_subscriptions
 from tests.conftest import BACKENDS, Database, migrated_database, unique_id
@@ -54,10 +54,11 @@ class Clock:
         return utcnow() + self.offset
 
 
-def wire(db: Database, slack_url: str | None = None, **settings):
-    settings = {"notify_backoff_seconds": 10, "notify_timeout_seconds": 2, "notify_lease_seconds": 30, **settings}
-    services = build(Settings(database_url=db.url, log_format="json", slack_webhook_url=slack_url,
-                              webhook_cache_seconds=0, public_base_url="https://cs.example.com", **settings),
+def wire(db: Database, slack_url: str | None = None, **delivery):
+    delivery = {"backoff_seconds": 10, "timeout_seconds": 2, "lease_seconds": 30, **delivery}
+    services = build(Settings(database_url=db.url, log_format="json", webhook_cache_seconds=0,
+                              public_base_url="https://cs.example.com",
+                              notify=DeliverySettings(slack_webhook_url=slack_url, **delivery)),
                      engine=db.engine)
     clock = Clock()
     sender = dispatcher(services)
@@ -160,7 +161,7 @@ def test_a_429_waits_as_long_as_retry_after_says_and_pauses_that_receiver(notify
 
 def test_after_the_configured_attempts_a_message_is_dead_and_can_be_retried(notify_db, keys_for):
     with Receiver(Response(500)) as slack:
-        services, sender, clock = wire(notify_db, slack.url, notify_max_attempts=3)
+        services, sender, clock = wire(notify_db, slack.url, max_attempts=3)
         commit(services)
         for _ in range(3):
             sender.run_once()
@@ -282,8 +283,8 @@ def test_a_dispatcher_whose_lease_ran_out_cannot_mark_the_message(notify_db):
 
 def test_two_dispatchers_with_a_slow_receiver_still_send_each_message_once(notify_db):
     with Receiver(on_request=lambda _: time.sleep(0.3)) as consumer:
-        services, first, _ = wire(notify_db, notify_lease_seconds=2, notify_timeout_seconds=0.5)
-        _, second, _ = wire(notify_db, notify_lease_seconds=2, notify_timeout_seconds=0.5)
+        services, first, _ = wire(notify_db, lease_seconds=2, timeout_seconds=0.5)
+        _, second, _ = wire(notify_db, lease_seconds=2, timeout_seconds=0.5)
         services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
         for _ in range(8):
             commit(services)

@@ -30,7 +30,7 @@ def test_the_slack_url_is_a_secret_kept_out_of_reprs():
 
     url = "https://hooks.slack.com/services/T000/B000/SECRETSECRET"
     settings = Settings.from_env({"SLACK_WEBHOOK_URL": url, "DATABASE_URL": "sqlite://"})
-    assert settings.slack_webhook_url == url and "SECRETSECRET" not in repr(settings)
+    assert settings.notify.slack_webhook_url == url and "SECRETSECRET" not in repr(settings)
     sender = dispatcher(build(settings))
     assert "SECRETSECRET" not in repr(sender.settings)
     sender.client.close()
