@@ -33,7 +33,8 @@ run: migrate
 	$(BIN)/casestudies serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev
-	TEST_DATABASE_URL="$(TEST_DATABASE_URL)" $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/ruff check --quiet service tests bench alembic
+	TEST_DATABASE_URL="$(TEST_DATABASE_URL)" $(BIN)/pytest --numprocesses=auto $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
 	bash bench/run.sh
