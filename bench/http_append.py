@@ -28,11 +28,11 @@ from pathlib import Path
 
 from bench.common import (
     COMMITTED,
-    CpuMeter,
     PG_URL,
     QUOTE,
     RESULTS,
     ROOT,
+    CpuMeter,
     env_float,
     env_int,
     fresh_db,

@@ -62,8 +62,8 @@ def _timed(op, seconds: float) -> dict:
 class Ours:
     def __init__(self, dbname: str, pool_size: int = 5):
         from service import migrations
-        from service.events.db import make_engine
         from service.config import Settings
+        from service.events.db import make_engine
         from service.events.store import EventStore, NewEvent
 
         self.NewEvent = NewEvent
@@ -243,8 +243,8 @@ def _run_threads(ours: Ours, writers: int, seconds: float) -> dict:
 def _process_writer(dbname: str, i: int, barrier, seconds: float, queue) -> None:
     quiet_service_logging()
     ours = Ours.__new__(Ours)
-    from service.events.db import make_engine
     from service.config import Settings
+    from service.events.db import make_engine
     from service.events.store import EventStore, NewEvent
 
     ours.NewEvent = NewEvent

@@ -62,8 +62,8 @@ def _grow(store, stream_id: str, kind: str, version: int) -> None:
 
 def measure(url: str, streams: int, window: int) -> dict:
     from service import migrations
-    from service.events.db import make_engine
     from service.config import Settings
+    from service.events.db import make_engine
     from service.events.store import EventStore
 
     engine = make_engine(url)

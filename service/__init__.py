@@ -17,8 +17,8 @@ def create_app(settings: Settings | None = None, services: "Services | None" = N
     # Imported here, not at the top: `casestudies serve` must set PROMETHEUS_MULTIPROC_DIR before
     # anything imports prometheus_client (through the store), and it imports this package first.
     from service.api import register
-    from service.bootstrap import build
     from service.api.jsonprovider import OrjsonProvider
+    from service.bootstrap import build
 
     settings = settings or (services.settings if services else Settings.from_env())
     configure_logging(settings.log_format, settings.log_level)

@@ -12,8 +12,8 @@ from service.events.feed import Feed
 from service.events.keys import KeyStore
 from service.events.outbox import Outbox, OutboxPlanner, Subscriptions
 from service.events.projecting import ProjectionRunner
-from service.events.projectors import projectors
 from service.events.projections import Projections
+from service.events.projectors import projectors
 from service.events.read_models import ReadModels
 from service.events.store import EventStore
 

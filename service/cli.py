@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 
 import click
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -164,22 +164,14 @@ def _services(*, log_stream=sys.stderr):
 
 
 def _when(value: str | None, *, start: bool) -> datetime | None:
-    from service.api.params import EARLIEST, LATEST
+    from service.times import EARLIEST, FORMS, LATEST, parse_moment
 
     if value is None:
         return None
     try:
-        if len(value) == 10:
-            parsed = datetime.combine(date.fromisoformat(value), time.min if start else time.max)
-        else:
-            parsed = datetime.fromisoformat(value)
-        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-        if not EARLIEST <= parsed <= LATEST:
-            raise ValueError(value)
-        return parsed
-    except (ValueError, OverflowError):
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 date or time from {EARLIEST.year} "
-                                 f"to {LATEST.year}") from None
+        return parse_moment(value, date_is_start=start)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not {FORMS}, from {EARLIEST.year} to {LATEST.year}") from None
 
 
 @audit.command("export")
@@ -431,10 +423,10 @@ def import_deals(file: str, actor: str) -> None:
 
     Rows of accepted deals become records (once: a deal imported or posted before is reported as
     existing); other rows store nothing. Exits 1 when any row is invalid, after importing the rest."""
-    from service.events.deal_import import ImportFileError, count_rows, import_rows, read_rows
-    from service.events.tables import utcnow
-
     import csv
+
+    from service.events.deal_import import ImportFileError, count_rows, import_rows, read_rows
+    from service.times import utcnow
 
     services = _services()
     unreadable = None
@@ -586,8 +578,8 @@ def report_weekly(as_of: str | None, fmt: str, output) -> None:
     """The weekly review: counts and change, stuck, blockers, candidates, published, cycle times."""
     import orjson
 
-    from service.events.tables import utcnow
     from service.events.weekly import to_html, to_markdown, weekly_report
+    from service.times import utcnow
 
     services = _services()
     now = utcnow()

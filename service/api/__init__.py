@@ -13,8 +13,19 @@ def services() -> Services:
 
 def register(app: Flask) -> None:
     """Attach blueprints, error handlers and request logging to ``app``."""
-    from service.api import (audit, case_studies, errors, feed, health, integrations, metrics, openapi, projections,
-                             reports, requestlog)
+    from service.api import (
+        audit,
+        case_studies,
+        errors,
+        feed,
+        health,
+        integrations,
+        metrics,
+        openapi,
+        projections,
+        reports,
+        requestlog,
+    )
 
     requestlog.register(app)
     errors.register(app)

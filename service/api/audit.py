@@ -6,16 +6,15 @@ from datetime import datetime
 from flask import Blueprint, request, url_for
 
 from service.api import params, services
-from service.api.openapi import describe
 from service.api import responses as doc
 from service.api.auth import AUDITORS, requires
 from service.api.case_studies import checked_stream_id
+from service.api.openapi import describe
 from service.api.problems import Problem
-from service.api.representation import iso
 from service.domain import APPROVER_ROLES
 from service.domain.approvals import Round, Step
 from service.events.audit import ApprovalRow
-from service.events.tables import utcnow
+from service.times import iso, utcnow
 
 bp = Blueprint("audit", __name__)
 

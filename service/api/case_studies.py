@@ -7,15 +7,15 @@ from datetime import timedelta
 from flask import Blueprint, Response, g, request, url_for
 
 from service.api import params, services
-from service.api.auth import RECORD_READERS, AUDITORS, WRITERS, requires
-from service.api.problems import Problem
-from service.api.openapi import Body, describe
 from service.api import responses as doc
+from service.api.auth import AUDITORS, RECORD_READERS, WRITERS, requires
+from service.api.openapi import Body, describe
+from service.api.problems import Problem
 from service.api.representation import record_json
 from service.domain import STATUS_LABELS
 from service.events.schemas import EVENT_BODY, is_batch, is_valid_stream_id, parse_event_batch, parse_event_request
 from service.events.store import NewEvent
-from service.events.tables import utcnow
+from service.times import utcnow
 
 bp = Blueprint("case_studies", __name__)
 

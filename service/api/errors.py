@@ -7,7 +7,9 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from service.api.problems import Problem
+from service.cursors import BadCursor
 from service.domain import GuardFailed, StreamCorrupt, TransitionNotAllowed
+from service.events.deals import DealConflict, InvalidDeal
 from service.events.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -15,8 +17,6 @@ from service.events.errors import (
     StreamNotFound,
     VersionConflict,
 )
-from service.events.cursors import BadCursor
-from service.events.deals import DealConflict, InvalidDeal
 from service.events.schemas import InvalidEvent, NotJson
 
 log = structlog.get_logger("casestudies.api")

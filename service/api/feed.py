@@ -4,9 +4,9 @@ from __future__ import annotations
 from flask import Blueprint
 
 from service.api import params, services
+from service.api import responses as doc
 from service.api.auth import PROJECTION_READERS, requires
 from service.api.openapi import describe
-from service.api import responses as doc
 from service.api.problems import Problem
 from service.events.feed import NotYetReadable, UnknownPosition
 

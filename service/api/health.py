@@ -5,10 +5,10 @@ from flask import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import migrations
-from service.api import services
-from service.api.problems import Problem
-from service.api.openapi import describe
 from service.api import responses as doc
+from service.api import services
+from service.api.openapi import describe
+from service.api.problems import Problem
 
 bp = Blueprint("health", __name__)
 

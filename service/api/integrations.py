@@ -7,14 +7,14 @@ from flask import Blueprint, g, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.api import params, services
-from service.api.auth import ADMINS, WRITERS, requires
-from service.api.problems import Problem
-from service.api.openapi import Body, describe
 from service.api import responses as doc
+from service.api.auth import ADMINS, WRITERS, requires
+from service.api.openapi import Body, describe
+from service.api.problems import Problem
 from service.events import deals
 from service.events.outbox import DESTINATIONS, STATUSES, SubscriptionError
 from service.events.schemas import Url
-from service.events.tables import utcnow
+from service.times import utcnow
 
 bp = Blueprint("integrations", __name__)
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.openapi import Body, describe
 from service.bootstrap import Services
-from service.events.tables import utcnow
+from service.times import utcnow
 
 bp = Blueprint("metrics", __name__)
 

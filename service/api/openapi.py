@@ -16,8 +16,8 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, TypeAdapter
 
 from service.api.problems import STATUS_OF, TITLES
-from service.events.outbox import MAX_MESSAGE_ID, MAX_SUBSCRIPTION_ID
 from service.api.responses import Problem
+from service.events.outbox import MAX_MESSAGE_ID, MAX_SUBSCRIPTION_ID
 from service.events.schemas import STREAM_ID_PATTERN
 
 bp = Blueprint("openapi", __name__)

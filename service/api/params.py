@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-from abc import ABC, abstractmethod
 import io
 import json
 import re
-from datetime import UTC, date, datetime, time
+from abc import ABC, abstractmethod
+from datetime import datetime
 from functools import wraps
 from typing import Callable, Iterable, Sequence, TypeVar
 
@@ -16,39 +16,21 @@ from pydantic import ValidationError
 from service.api.problems import Problem
 from service.domain import EVENT_TYPES
 from service.events.schemas import error_list
+from service.times import EARLIEST, FORMS, LATEST, parse_moment
 
 M = TypeVar("M")
 
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Reference times are kept within years a report can count weeks and quarters in.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 12, 1, tzinfo=UTC)
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]+(Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
-
-
 def as_of(name: str = "as_of", *, date_is_start: bool = False) -> datetime | None:
-    """An ISO-8601 time; naive means UTC, and a bare date means the end of that day (UTC), or
-    its start with ``date_is_start``."""
+    """A reference time (see ``times.parse_moment``); 400 ``invalid_parameter`` when malformed."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
     try:
-        if _DATE.fullmatch(raw):
-            value = datetime.combine(date.fromisoformat(raw), time.min if date_is_start else time.max)
-        elif _DATETIME.fullmatch(raw):
-            value = datetime.fromisoformat(raw)
-        else:
-            raise ValueError(raw)
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        if not EARLIEST <= value <= LATEST:
-            raise ValueError(raw)
-        return value
-    except (ValueError, OverflowError):
-        hint = " (send + in an offset as %2B)" if " " in raw else ""
-        raise Problem(400, "invalid_parameter",
-                      f"{name} must be an ISO-8601 date (2026-11-20) or time (2026-11-20T09:00:00Z){hint}",
-                      parameter=name) from None
+        return parse_moment(raw, date_is_start=date_is_start)
+    except ValueError:
+        hint = " (send + in an offset as %2B)" if re.search(r" \d{2}:?\d{2}$", raw) else ""
+        raise Problem(400, "invalid_parameter", f"{name} must be {FORMS}{hint}", parameter=name) from None
 
 
 def json_body(what: str) -> bytes:

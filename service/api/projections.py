@@ -7,14 +7,13 @@ from datetime import datetime
 from flask import Blueprint, Response, request, url_for
 
 from service.api import params, services
+from service.api import responses as doc
 from service.api.auth import PROJECTION_READERS, requires
 from service.api.openapi import describe
-from service.api import responses as doc
-from service.api.representation import iso
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES
 from service.events.read_models import Answer
-from service.events.tables import utcnow
+from service.times import iso, utcnow
 
 bp = Blueprint("projections", __name__)
 

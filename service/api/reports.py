@@ -4,11 +4,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from service.api import params, services
+from service.api import responses as doc
 from service.api.auth import PROJECTION_READERS, requires
 from service.api.openapi import Body, describe
-from service.api import responses as doc
-from service.events.tables import utcnow
 from service.events.weekly import to_html, to_markdown, weekly_report
+from service.times import utcnow
 
 bp = Blueprint("reports", __name__)
 

@@ -1,14 +1,8 @@
 """How records and events look over HTTP."""
 from __future__ import annotations
 
-from datetime import datetime
-
 from service.domain import STATUS_LABELS, CaseStudy, allowed_events, readiness
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 text for a time, None for none."""
-    return value.isoformat() if value else None
+from service.times import iso
 
 
 def record_json(record: CaseStudy, kpi_threshold_pct: float) -> dict:

@@ -8,13 +8,14 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, and_, bindparam, func, select, tuple_
 
+from service import cursors
 from service.domain.approvals import APPROVAL_EVENT_TYPES, Round, approval_rounds
-from service.events import cursors
 from service.events.integrity import FORMAT as CHAIN_FORMAT
 from service.events.integrity import ChainCheck, canonical_json, canonical_time, check_chain
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EVENT_COLUMNS, EventStore, StoredEvent, stored_event
-from service.events.tables import UTCDateTime, case_studies, events, utcnow
+from service.events.tables import UTCDateTime, case_studies, events
+from service.times import utcnow
 
 DIGEST_FORMAT = "casestudies-digest/1"
 DECISION_TYPES = ("approval_requested", "approval_granted", "changes_requested")

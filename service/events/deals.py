@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
-from service.domain import CaseStudy, STATUS_LABELS
+from service.domain import STATUS_LABELS, CaseStudy
 from service.events.errors import StreamAlreadyExists
 from service.events.schemas import (
     DATA_SCHEMAS,

@@ -47,7 +47,8 @@ from service.events.outbox import (
     records_stuck_message,
 )
 from service.events.projections import Projections
-from service.events.tables import outbox, stuck_announcements, utcnow
+from service.events.tables import outbox, stuck_announcements
+from service.times import utcnow
 
 log = structlog.get_logger("casestudies.notifications")
 

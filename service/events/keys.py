@@ -15,7 +15,8 @@ from typing import Callable
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.events.tables import api_keys, utcnow
+from service.events.tables import api_keys
+from service.times import utcnow
 
 ROLES: tuple[str, ...] = ("writer", "reader", "auditor", "admin")
 KEY_PREFIX = "csk_"

@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterable, Sequence
 import httpx
 from sqlalchemy import Engine, func, insert, select, update
 
+from service import cursors
 from service.domain import EVENT_TYPES, CaseStudy, Readiness, readiness
-from service.events import cursors
-from service.events.tables import outbox, utcnow, webhook_subscriptions
+from service.events.tables import outbox, webhook_subscriptions
+from service.times import utcnow
 
 DESTINATIONS = ("slack", "webhook")
 STATUSES = ("pending", "sent", "dead")

@@ -33,7 +33,8 @@ from service.events.db import is_sqlite, transaction
 from service.events.feed import Feed, Lag, Mark
 from service.events.projectors import EventNotProjected, Projector, Rows, project
 from service.events.store import EVENT_COLUMNS, StoredEvent, group_streams, stored_event
-from service.events.tables import events, projection_checkpoints, utcnow
+from service.events.tables import events, projection_checkpoints
+from service.times import utcnow
 
 log = structlog.get_logger("casestudies.projections")
 

@@ -1,8 +1,6 @@
 """Read models over the state table: the record list and the stuck list (always current)."""
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator
@@ -10,25 +8,19 @@ from typing import Iterable, Iterator
 from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.sql.expression import ColumnElement
 
+from service import cursors
 from service.domain import CaseStudy, StuckFinding, StuckThresholds, stuck_findings
 from service.domain.model import Status
-from service.events.cursors import BadCursor
 from service.events.db import transaction
 from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
 from service.events.tables import case_studies
 
-def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
 
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        last_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        last_id = None
-    if not last_id or encode_cursor(last_id) != cursor or not is_valid_stream_id(last_id):
-        raise BadCursor("cursor is not one this service handed out")
+def _last_id(values: list) -> str:
+    (last_id,) = values
+    if not isinstance(last_id, str) or not is_valid_stream_id(last_id):
+        raise ValueError(values)
     return last_id
 
 
@@ -64,12 +56,12 @@ class Projections:
             query = query.where(or_(case_studies.c.account_id == account,
                                     case_studies.c.account_name == account))
         if cursor:
-            query = query.where(case_studies.c.id > decode_cursor(cursor))
+            query = query.where(case_studies.c.id > cursors.decode(cursor, _last_id))
         with self.engine.connect() as conn:
             records = [CaseStudy.from_dict(row.state) for row in conn.execute(query)]
         more = len(records) > limit
         records = records[:limit]
-        return Page(records, encode_cursor(records[-1].id) if more else None)
+        return Page(records, cursors.encode([records[-1].id]) if more else None)
 
     def stuck(self, *, as_of: datetime, now: datetime, csm: str | None = None,
               code: str | None = None) -> list[StuckRow]:

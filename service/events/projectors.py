@@ -26,6 +26,8 @@ from service.domain.reporting import (
 from service.events.store import StoredEvent
 from service.events.tables import (
     approver_times as approver_times_table,
+)
+from service.events.tables import (
     blockers,
     candidates,
     cycle_stages,

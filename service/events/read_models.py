@@ -13,9 +13,9 @@ from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine, and_, func, literal, or_, select, tuple_
 
+from service import cursors
 from service.domain import STATUS_LABELS
 from service.domain.reporting import STAGES, quarter_of, summarise
-from service.events import cursors
 from service.events.db import transaction
 from service.events.feed import Mark
 from service.events.projecting import Checkpoint, ProjectionRunner

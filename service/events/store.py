@@ -36,8 +36,9 @@ from service.events.errors import (
 from service.events.integrity import GENESIS, event_hash
 from service.events.metrics import APPEND_SECONDS, EVENTS_APPENDED
 from service.events.outbox import OutboxPlanner, Subscription
-from service.events.tables import case_studies, events, utcnow
+from service.events.tables import case_studies, events
 from service.events.writes import LostRace, Session, writer_for
+from service.times import utcnow
 
 log = structlog.get_logger("casestudies.store")
 

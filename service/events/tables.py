@@ -1,15 +1,15 @@
 """The tables, as SQLAlchemy Core sees them. Alembic migrations create them; a test checks they agree."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
-    Float,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -284,8 +284,3 @@ stuck_announcements = Table(
     Column("since", UTCDateTime, primary_key=True),
     Column("announced_at", UTCDateTime, nullable=False),
 )
-
-
-def utcnow() -> datetime:
-    """The server clock, aware and in UTC."""
-    return datetime.now(UTC)

@@ -21,7 +21,8 @@ from service.domain import GuardFailed
 from service.events.dispatch import SIGNATURE_HEADER
 from service.events.outbox import DeliverySettings, SubscriptionError
 from service.events.store import NewEvent
-from service.events.tables import outbox, stuck_announcements, utcnow, webhook_subscriptions
+from service.events.tables import outbox, stuck_announcements, webhook_subscriptions
+from service.times import utcnow
 from tests.conftest import BACKENDS, Database, migrated_database, unique_id
 from tests.factories import COMMITTED
 from tests.receiver import Receiver, Response
