@@ -94,11 +94,11 @@ def run() -> dict:
     from sqlalchemy import text
 
     from service import create_app, migrations
+    from service.access.keys import KeyStore
     from service.config import Settings
     from service.domain.model import CaseStudy
     from service.events import store as store_module
     from service.events.db import make_engine
-    from service.events.keys import KeyStore
     from service.events.store import EventStore, NewEvent
     from service.events.writes import _PostgresSession
 

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from service.access.keys import KeyStore
 from service.config import Settings
 from service.events.audit import Audit
 from service.events.db import make_engine
 from service.events.feed import Feed
-from service.events.keys import KeyStore
 from service.events.outbox import Outbox, OutboxPlanner, Subscriptions
 from service.events.projecting import ProjectionRunner
 from service.events.projections import Projections

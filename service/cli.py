@@ -8,9 +8,10 @@ from datetime import datetime
 import click
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from service.access.keys import KeyRequestError, KeyStore
+from service.access.roles import ROLES
 from service.config import Settings, SettingsError
 from service.events.db import make_engine
-from service.events.keys import ROLES, KeyRequestError, KeyStore
 
 
 def _settings() -> Settings:

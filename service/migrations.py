@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, MetaData
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +31,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
         conn.commit()
+
+
+def metadata() -> MetaData:
+    """Every table the code uses: each package declares its own on the event store's MetaData."""
+    from service.access import tables as access_tables  # noqa: F401 (declares its tables)
+    from service.events.tables import metadata as shared
+
+    return shared
 
 
 @cache

@@ -17,10 +17,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from service import create_app, migrations
+from service.access.keys import ROLES
 from service.bootstrap import Services, build
 from service.config import Settings
 from service.events.db import make_engine, normalise_url
-from service.events.keys import ROLES
 
 BACKENDS = ("sqlite", "postgres")
 

@@ -5,9 +5,10 @@ from datetime import datetime
 
 from flask import Blueprint, request, url_for
 
+from service.access.roles import AUDITORS
 from service.api import params, services
 from service.api import responses as doc
-from service.api.auth import AUDITORS, requires
+from service.api.auth import requires
 from service.api.case_studies import checked_stream_id
 from service.api.openapi import describe
 from service.api.problems import Problem

@@ -10,12 +10,6 @@ from flask import g, request
 from service.api import services
 from service.api.problems import Problem
 
-WRITERS = ("writer", "admin")
-RECORD_READERS = ("writer", "reader", "auditor", "admin")
-PROJECTION_READERS = ("reader", "auditor", "admin")
-AUDITORS = ("auditor", "admin")
-ADMINS = ("admin",)
-
 
 def _principal():
     header = request.headers.get("Authorization", "")

@@ -6,9 +6,10 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, g, request, url_for
 
+from service.access.roles import AUDITORS, RECORD_READERS, WRITERS
 from service.api import params, services
 from service.api import responses as doc
-from service.api.auth import AUDITORS, RECORD_READERS, WRITERS, requires
+from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.api.problems import Problem
 from service.api.representation import record_json

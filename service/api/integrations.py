@@ -6,9 +6,10 @@ from typing import Annotated
 from flask import Blueprint, g, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.access.roles import ADMINS, WRITERS
 from service.api import params, services
 from service.api import responses as doc
-from service.api.auth import ADMINS, WRITERS, requires
+from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.api.problems import Problem
 from service.events import deals

@@ -6,9 +6,10 @@ from datetime import datetime
 
 from flask import Blueprint, Response, request, url_for
 
+from service.access.roles import PROJECTION_READERS
 from service.api import params, services
 from service.api import responses as doc
-from service.api.auth import PROJECTION_READERS, requires
+from service.api.auth import requires
 from service.api.openapi import describe
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
+from service.access.roles import PROJECTION_READERS
 from service.api import params, services
 from service.api import responses as doc
-from service.api.auth import PROJECTION_READERS, requires
+from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.events.weekly import to_html, to_markdown, weekly_report
 from service.times import utcnow

@@ -113,20 +113,6 @@ case_studies = Table(
     postgresql_with={"fillfactor": 70},
 )
 
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(128), nullable=False),
-    Column("role", String(20), nullable=False),
-    Column("key_hash", String(64), nullable=False),
-    Column("prefix", String(16), nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("revoked_at", UTCDateTime),
-    UniqueConstraint("name", name="uq_api_keys_name"),
-    UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
-)
-
 # -- projections kept by projectors from the global feed (see service/events/projectors.py) -----
 # Every projection row carries the generation it belongs to: readers see only the generation
 # named in projection_checkpoints, so a rebuild writes the next one beside it and swaps it in

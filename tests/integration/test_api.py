@@ -572,7 +572,7 @@ def test_stuck_as_of_a_past_moment_replays_what_was_known_then(client, keys, ser
 
 
 def test_a_revoked_key_stops_working_once_the_key_cache_expires(database):
-    from service.events.keys import KeyStore
+    from service.access.keys import KeyStore
 
     now = [1000.0]
     elsewhere = KeyStore(database.engine, cache_seconds=5, clock=lambda: now[0])  # another process
@@ -589,7 +589,7 @@ def test_a_revoked_key_stops_working_once_the_key_cache_expires(database):
 
 
 def test_revoking_through_the_same_process_takes_effect_at_once(database):
-    from service.events.keys import KeyStore
+    from service.access.keys import KeyStore
 
     keys = KeyStore(database.engine, cache_seconds=60)
     name = unique_id("cached")

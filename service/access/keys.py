@@ -15,10 +15,10 @@ from typing import Callable
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.events.tables import api_keys
+from service.access.roles import ROLES
+from service.access.tables import api_keys
 from service.times import utcnow
 
-ROLES: tuple[str, ...] = ("writer", "reader", "auditor", "admin")
 KEY_PREFIX = "csk_"
 _CACHE_LIMIT = 10_000  # keys remembered per process; more is a misconfiguration, not a workload
 
