@@ -10,18 +10,21 @@ from service.config import Settings
 from service.events.audit import Audit
 from service.events.db import make_engine
 from service.events.feed import Feed
-from service.events.outbox import Outbox, OutboxPlanner, Subscriptions
 from service.events.projecting import ProjectionRunner
 from service.events.projections import Projections
 from service.events.projectors import projectors
 from service.events.read_models import ReadModels
 from service.events.store import EventStore
+from service.links import Links
+from service.notifications.outbox import Outbox, OutboxPlanner
+from service.notifications.subscriptions import Subscriptions
 
 
 @dataclass
 class Services:
     settings: Settings
     engine: Engine
+    links: Links
     store: EventStore
     keys: KeyStore
     projections: Projections
@@ -36,16 +39,18 @@ class Services:
 def build(settings: Settings, engine: Engine | None = None) -> Services:
     """Wire the store, keys, projections and the outbox onto one engine (made from settings unless given)."""
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    links = Links(settings.public_base_url)
     subscriptions = Subscriptions(engine, cache_seconds=settings.webhook_cache_seconds)
-    planner = OutboxPlanner(subscriptions, slack=settings.notify.slack_webhook_url is not None,
-                            record_url=settings.record_url, source=f"{settings.public_base_url.rstrip('/')}/case-studies",
+    # The outbox takes part in every append: its messages are written in the append's transaction.
+    planner = OutboxPlanner(subscriptions, slack=settings.notify.slack_webhook_url is not None, links=links,
                             kpi_threshold_pct=settings.candidate_kpi_pct)
-    store = EventStore(engine, cache_size=settings.state_cache_size, outbox=planner)
+    store = EventStore(engine, cache_size=settings.state_cache_size, participant=planner)
     feed = Feed(engine)
     runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_pct))
     return Services(
         settings=settings,
         engine=engine,
+        links=links,
         store=store,
         keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
         projections=Projections(engine, store, settings.stuck),
@@ -60,7 +65,7 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
 
 def dispatcher(services: Services):
     """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
-    from service.events.dispatch import Dispatcher
+    from service.notifications.dispatcher import Dispatcher
 
     return Dispatcher(services.engine, services.subscriptions, services.projections, services.settings.notify,
-                      base_url=services.settings.public_base_url)
+                      links=services.links)

@@ -524,7 +524,7 @@ def webhooks() -> None:
 @click.option("--secret", help="Shared secret that signs each delivery (16-200 characters); made up if not given.")
 def webhooks_add(url: str, types: str, secret: str | None) -> None:
     """Subscribe URL to events of the given types."""
-    from service.events.outbox import SubscriptionError
+    from service.notifications.subscriptions import SubscriptionError
 
     services = _services()
     try:
@@ -554,7 +554,7 @@ def webhooks_list(include_removed: bool) -> None:
 @click.argument("subscription_id", type=int)
 def webhooks_remove(subscription_id: int) -> None:
     """Stop delivering to a subscription; its undelivered messages become dead."""
-    from service.events.outbox import SubscriptionError
+    from service.notifications.subscriptions import SubscriptionError
 
     services = _services()
     try:

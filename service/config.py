@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from service.domain import StuckThresholds
-from service.events.outbox import DeliverySettings
 
 DEFAULT_DATABASE_URL = "sqlite:///var/casestudies.db"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,6 +45,19 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     if not raw.startswith(("http://", "https://")) or any(c.isspace() for c in raw):
         raise SettingsError(f"{name} must be an http:// or https:// URL")
     return raw
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the outbox is delivered (the NOTIFY_* and SLACK_WEBHOOK_URL settings; see the dispatcher)."""
+
+    slack_webhook_url: str | None = field(default=None, repr=False)  # a secret: never logged
+    max_attempts: int = 10
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    timeout_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    stuck_scan_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -113,10 +125,6 @@ class Settings:
                                            defaults.missing_baseline_days),
             ),
         )
-
-    def record_url(self, stream_id: str) -> str:
-        """Where a person or a tool finds a record."""
-        return f"{self.public_base_url.rstrip('/')}/case-studies/{stream_id}"
 
     def with_overrides(self, **changes) -> "Settings":
         """A copy with some settings changed (tests and the CLI use it)."""

@@ -35,8 +35,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def metadata() -> MetaData:
     """Every table the code uses: each package declares its own on the event store's MetaData."""
-    from service.access import tables as access_tables  # noqa: F401 (declares its tables)
+    from service.access import tables as access_tables  # noqa: F401 (each declares its tables)
     from service.events.tables import metadata as shared
+    from service.notifications import tables as notification_tables  # noqa: F401
 
     return shared
 

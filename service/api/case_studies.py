@@ -16,6 +16,7 @@ from service.api.representation import record_json
 from service.domain import STATUS_LABELS
 from service.events.schemas import EVENT_BODY, is_batch, is_valid_stream_id, parse_event_batch, parse_event_request
 from service.events.store import NewEvent
+from service.links import record_path
 from service.times import utcnow
 
 bp = Blueprint("case_studies", __name__)
@@ -104,7 +105,7 @@ def post_event(stream_id: str):
     if batch:
         response["events"] = [{"version": event.version, "position": event.position, "event_id": event.event_id,
                                "type": event.type} for event in result.events]
-    headers = {"ETag": _etag(result.record.version), "Location": f"{request.script_root}/case-studies/{stream_id}"}
+    headers = {"ETag": _etag(result.record.version), "Location": request.script_root + record_path(stream_id)}
     return response, (201 if result.created else 200), headers
 
 

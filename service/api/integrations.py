@@ -13,8 +13,10 @@ from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.api.problems import Problem
 from service.events import deals
-from service.events.outbox import DESTINATIONS, STATUSES, SubscriptionError
 from service.events.schemas import Url
+from service.links import record_path
+from service.notifications.outbox import DESTINATIONS, STATUSES
+from service.notifications.subscriptions import SubscriptionError
 from service.times import utcnow
 
 bp = Blueprint("integrations", __name__)
@@ -32,8 +34,8 @@ def post_deal():
     body = intake.to_dict()
     headers = {}
     if intake.record is not None:
-        body["url"] = services().settings.record_url(intake.stream_id)
-        headers["Location"] = f"{request.script_root}/case-studies/{intake.stream_id}"
+        body["url"] = services().links.record(intake.stream_id)
+        headers["Location"] = request.script_root + record_path(intake.stream_id)
     return body, (201 if intake.decision == "created" else 200), headers
 
 
@@ -67,7 +69,7 @@ def add_webhook():
         subscription, secret = services().subscriptions.add(wanted.url, wanted.types, wanted.secret)
     except SubscriptionError as error:
         raise Problem(422, "invalid_request", str(error), errors=[{"field": "", "message": str(error)}]) from None
-    return {**subscription.to_dict(), "secret": secret}, 201, {"Location": f"/webhooks/{subscription.id}"}
+    return {**subscription.to_dict(), "secret": secret}, 201, {"Location": url_for("integrations.get_webhook", subscription_id=subscription.id)}
 
 
 @bp.get("/webhooks/<int:subscription_id>")

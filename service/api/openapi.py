@@ -17,8 +17,9 @@ from pydantic import BaseModel, TypeAdapter
 
 from service.api.problems import STATUS_OF, TITLES
 from service.api.responses import Problem
-from service.events.outbox import MAX_MESSAGE_ID, MAX_SUBSCRIPTION_ID
 from service.events.schemas import STREAM_ID_PATTERN
+from service.notifications.outbox import MAX_MESSAGE_ID
+from service.notifications.subscriptions import MAX_SUBSCRIPTION_ID
 
 bp = Blueprint("openapi", __name__)
 

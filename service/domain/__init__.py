@@ -12,11 +12,12 @@ from service.domain.model import (
     Event,
     Status,
 )
-from service.domain.readiness import Readiness, readiness
+from service.domain.readiness import CANDIDACY_EVENTS, Readiness, readiness
 from service.domain.stuck import STUCK_CODES, StuckFinding, StuckThresholds, stuck_findings
 
 __all__ = [
     "APPROVER_ROLES",
+    "CANDIDACY_EVENTS",
     "EVENT_TYPES",
     "STATUS_LABELS",
     "STUCK_CODES",

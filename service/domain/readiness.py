@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from service.domain.model import CaseStudy
+from service.domain.model import CaseStudy, Status
 
 NPS_PROMOTER = 8
+# The events after which a record can have become a candidate (only they bring metrics or NPS).
+CANDIDACY_EVENTS = frozenset(("metrics_recorded", "nps_recorded"))
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ def improvement_pct(baseline: float, current: float, lower_is_better: bool) -> f
 
 
 def readiness(record: CaseStudy, kpi_threshold_pct: float) -> Readiness:
-    """The best KPI improvement over metrics with both a baseline and a current value, and NPS."""
+    """The best KPI improvement over metrics with both a baseline and a current value, NPS, and
+    whether the record is a candidate: DOMAIN.md's rule (improvement of at least the threshold,
+    NPS of at least 8, no MSA restriction unless anonymized), for a record not declined."""
     baseline, current = record.metrics["baseline"], record.metrics["current"]
     best_name, best = None, None
     for name in sorted(baseline.keys() & current.keys()):
@@ -53,6 +57,6 @@ def readiness(record: CaseStudy, kpi_threshold_pct: float) -> Readiness:
             best_name, best = name, pct
     nps = record.nps["score"] if record.nps else None
     msa_clear = not record.msa_restricted or record.anonymized
-    candidate = (best is not None and best >= kpi_threshold_pct
+    candidate = (record.state != Status.DECLINED.value and best is not None and best >= kpi_threshold_pct
                  and nps is not None and nps >= NPS_PROMOTER and msa_clear)
     return Readiness(best, best_name, nps, bool(baseline), bool(current), msa_clear, candidate)

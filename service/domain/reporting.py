@@ -157,11 +157,6 @@ def approver_times(events: Sequence[Event]) -> list[ApproverTime]:
             for r in approval_rounds(events) for d in r.decisions]
 
 
-def is_candidate(record: CaseStudy, kpi_threshold_pct: float) -> bool:
-    """DOMAIN.md's candidate rule, for a record that has not been declined."""
-    return record.state != Status.DECLINED.value and readiness(record, kpi_threshold_pct).candidate
-
-
 class CandidateHistory:
     """Whether the record is a candidate (DOMAIN.md readiness) and since when it has been one."""
 
@@ -170,7 +165,7 @@ class CandidateHistory:
         self.since: datetime | None = None
 
     def step(self, event: Event, record: CaseStudy) -> None:
-        candidate = is_candidate(record, self.threshold)
+        candidate = readiness(record, self.threshold).candidate
         if candidate and self.since is None:
             self.since = event.occurred_at
         elif not candidate:

@@ -21,7 +21,6 @@ from service.domain.reporting import (
     Milestones,
     StatusHistory,
     approver_times,
-    is_candidate,
 )
 from service.events.store import StoredEvent
 from service.events.tables import (
@@ -124,7 +123,7 @@ class _CandidatesFold(Fold):
                               "account_name": _account_name(record),
                               "kpi_improvement_pct": ready.kpi_improvement_pct, "best_metric": ready.best_metric,
                               "nps": ready.nps, "msa_clear": ready.msa_clear,
-                              "candidate": is_candidate(record, self.threshold),
+                              "candidate": ready.candidate,
                               "candidate_since": self.history.since}]}
 
 

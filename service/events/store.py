@@ -2,12 +2,14 @@
 
 An append reads the record's row in the state table, lets the domain decide each new event
 against it (never a replay of the whole stream), and writes the events together with the new
-state row only if the row is still at the version the decision was made on (see writes.py).
+state row only if the row is still at the version the decision was made on (writes.py).
 The database enforces it: the conditional write, ``unique(stream_id, version)``,
 ``unique(event_id)`` and the state table's primary key each refuse a second winner. A writer
 that lost a race decides again on the new state, unless it asked for an expected version.
-Handlers given to the store run inside the write's transaction with the stored events: the
-seam for projections and outboxes that must not drift from the stream.
+
+The store knows no capability. Its one seam is a *participant*, wired in bootstrap.py (the
+outbox's planner): for each append it plans rows of a table of its own, which the store writes
+with the events in the same transaction (on PostgreSQL, the same statement), or not at all.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import orjson
 import structlog
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, Table, bindparam, select
 
 from service.domain import CaseStudy, DomainError, apply, replay
 from service.domain.model import PendingEvent
@@ -35,9 +37,8 @@ from service.events.errors import (
 )
 from service.events.integrity import GENESIS, event_hash
 from service.events.metrics import APPEND_SECONDS, EVENTS_APPENDED
-from service.events.outbox import OutboxPlanner, Subscription
-from service.events.tables import case_studies, events
-from service.events.writes import LostRace, Session, writer_for
+from service.events.tables import case_studies, events, state_row
+from service.events.writes import LostRace, writer_for
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.store")
@@ -110,6 +111,32 @@ class StoredEvent:
 
 
 @dataclass(frozen=True)
+class Decided:
+    """An event the domain accepted, hashed into its stream's chain, not yet written (no position)."""
+
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    data: Mapping[str, Any]
+    actor: str
+    recorded_at: datetime
+    occurred_at: datetime
+    correlation_id: str | None
+    causation_id: str | None
+    on_behalf_of: str | None
+    request_digest: str  # what was asked, so that a retry can be told from another request
+    prev_hash: str
+    hash: str
+    status: str  # the record's status just after it
+
+    def stored(self, position: int) -> StoredEvent:
+        return StoredEvent(position, self.event_id, self.stream_id, self.version, self.type, self.data, self.actor,
+                           self.recorded_at, self.occurred_at, self.correlation_id, self.causation_id,
+                           self.on_behalf_of, self.prev_hash, self.hash)
+
+
+@dataclass(frozen=True)
 class AppendResult:
     """What an append did: ``created`` is False when it answered a retry of stored events."""
 
@@ -127,14 +154,33 @@ class AppendResult:
         return self.events[-1].position
 
 
-# Runs inside the append's transaction, after the events and the state row are written.
-AppendHandler = Callable[[Connection, Sequence[StoredEvent], CaseStudy], None]
+class Plan(Protocol):
+    """A participant's part in one append."""
 
-_SELECT_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("id"))
+    def before(self, record: CaseStudy, event_types: Sequence[str]) -> None:
+        """Note what it needs of the record before the events are decided on it."""
+
+    def rows(self, record: CaseStudy, events: Sequence[Decided]) -> list[dict[str, Any]]:
+        """Rows of the participant's table that the append writes with ``events`` (the record as after them)."""
+
+
+class Participant(Protocol):
+    """Writes rows of ``table`` in every append's transaction: the store's one seam.
+
+    A row that conflicts with one already there (a unique key) is skipped, so a participant's
+    rows can be idempotent by their own keys."""
+
+    table: Table
+
+    def prepare(self) -> Plan:
+        """Called once per append before the write takes its connection (any lookup it needs goes here)."""
+
+
 EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
-                  events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
-                  events.c.occurred_at, events.c.correlation_id, events.c.causation_id,
-                  events.c.on_behalf_of, events.c.prev_hash, events.c.hash)
+                 events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
+                 events.c.occurred_at, events.c.correlation_id, events.c.causation_id,
+                 events.c.on_behalf_of, events.c.prev_hash, events.c.hash)
+_SELECT_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("id"))
 
 
 def stored_event(row: Any) -> StoredEvent:
@@ -142,35 +188,53 @@ def stored_event(row: Any) -> StoredEvent:
     return StoredEvent(*row)
 
 
-def state_row(record: CaseStudy, head_hash: str) -> dict[str, Any]:
-    """The state table's columns for ``record`` (and its state document as JSON text)."""
-    document = record.to_dict()
-    return {
-        "head_hash": head_hash,
-        "status": record.state,
-        "version": record.version,
-        "csm": record.csm,
-        "account_id": record.account["id"] if record.account else None,
-        "account_name": record.account["name"] if record.account else None,
-        "committed_at": record.committed_at,
-        "entered_status_at": record.entered_status_at,
-        "last_activity_at": record.last_activity_at,
-        "state": document,
-        "state_json": orjson.dumps(document).decode(),
-    }
+def decide(record: CaseStudy, head_hash: str, new_events: Sequence[NewEvent], digests: Sequence[str], *,
+           actor: str, now: datetime) -> list[Decided]:
+    """Let the domain decide each event on ``record`` (changed in place) and chain it after ``head_hash``.
+
+    Raises the domain's refusal, naming which event of a batch it was (``event_index``)."""
+    decided: list[Decided] = []
+    prev_hash = head_hash
+    for index, (event, digest) in enumerate(zip(new_events, digests)):
+        pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)
+        try:
+            apply(record, pending)
+        except DomainError as refusal:
+            if len(new_events) > 1:
+                refusal.event_index = index
+            raise
+        event_id = event.event_id or str(uuid.uuid4())
+        hashed = event_hash(
+            stream_id=record.id, version=pending.version, type=event.type, data=event.data, actor=actor,
+            on_behalf_of=event.on_behalf_of, recorded_at=now, occurred_at=pending.occurred_at, event_id=event_id,
+            correlation_id=event.correlation_id, causation_id=event.causation_id, prev_hash=prev_hash)
+        decided.append(Decided(event_id, record.id, pending.version, event.type, event.data, actor, now,
+                               pending.occurred_at, event.correlation_id, event.causation_id, event.on_behalf_of,
+                               digest, prev_hash, hashed, record.state))
+        prev_hash = hashed
+    return decided
+
+
+def _check_expectations(record: CaseStudy, first_type: str, expected_version: int | None) -> None:
+    """Only ``committed`` starts a stream, nothing else does, and an expected version must be the record's."""
+    if first_type == "committed":
+        if record.exists:
+            raise StreamAlreadyExists(record.id, record.version)
+    elif not record.exists:
+        raise StreamNotFound(record.id)
+    if expected_version is not None and expected_version != record.version:
+        raise VersionConflict(record.id, expected_version, record.version)
 
 
 class EventStore:
     """Append to and read from the events table; keeps the state table in step."""
 
-    def __init__(self, engine: Engine, *, handlers: Sequence[AppendHandler] = (),
-                 clock: Callable[[], datetime] = utcnow, cache_size: int = 10_000,
-                 outbox: OutboxPlanner | None = None):
+    def __init__(self, engine: Engine, *, participant: Participant | None = None,
+                 clock: Callable[[], datetime] = utcnow, cache_size: int = 10_000):
         self.engine = engine
-        self.handlers = list(handlers)
-        self.outbox = outbox  # decides the notifications each append writes with its events
+        self.participant = participant
         self.clock = clock
-        self._writer = writer_for(engine)
+        self._writer = writer_for(engine, participant.table if participant else None)
         self.cache_size = cache_size
         # State documents (as JSON text) this process wrote last, by stream id: an append to a
         # stream this process wrote before skips the read. A stale entry is harmless: the
@@ -200,8 +264,7 @@ class EventStore:
     def _append(self, stream_id: str, new_events: Sequence[NewEvent], actor: str,
                 expected_version: int | None) -> AppendResult:
         digests = [event.digest(stream_id) for event in new_events]
-        # Any lookup the outbox needs happens before the write's connection is taken.
-        subscribers = self.outbox.subscribers() if self.outbox is not None else ()
+        plan = self.participant.prepare() if self.participant is not None else None
         attempt, use_cache = 0, True
         while attempt < MAX_ATTEMPTS:
             cached = self._states.get(stream_id) if use_cache else None
@@ -210,7 +273,7 @@ class EventStore:
                 # that lost a race tries again holding the record's row lock, so writers of one
                 # busy stream queue up.
                 result, remembered = self._attempt(stream_id, new_events, digests, actor, expected_version,
-                                                   cached=cached, locked=attempt > 0, subscribers=subscribers)
+                                                   cached=cached, locked=attempt > 0, plan=plan)
             except LostRace:
                 self._forget(stream_id)
                 use_cache = False
@@ -248,79 +311,29 @@ class EventStore:
         current = self.record(stream_id)
         raise VersionConflict(stream_id, expected_version, current.version if current else 0)
 
-    def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str],
-                 actor: str, expected_version: int | None, *, cached: tuple[str, str] | None,
-                 locked: bool, subscribers: Sequence[Subscription] = ()) -> tuple[AppendResult, tuple[str, str]]:
+    def _attempt(self, stream_id: str, new_events: Sequence[NewEvent], digests: list[str], actor: str,
+                 expected_version: int | None, *, cached: tuple[str, str] | None, locked: bool,
+                 plan: Plan | None) -> tuple[AppendResult, tuple[str, str]]:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile.
 
         Returns the result and the state to remember once the write is committed."""
-        session_of = self._writer.locked() if locked else self._writer.optimistic(bool(self.handlers))
-        with session_of as session:
+        with (self._writer.locked() if locked else self._writer.optimistic()) as session:
             if cached is not None:
                 state, head_hash = orjson.loads(cached[0]), cached[1]
             else:
                 state, head_hash = session.read_state(stream_id)
             record = CaseStudy.from_dict(state) if state else CaseStudy(id=stream_id)
-            return self._decide_and_write(session, record, head_hash or GENESIS, new_events, digests, actor,
-                                          expected_version, subscribers)
-
-    def _decide_and_write(self, session: Session, record: CaseStudy, head_hash: str,
-                          new_events: Sequence[NewEvent], digests: list[str], actor: str,
-                          expected_version: int | None,
-                          subscribers: Sequence[Subscription] = ()) -> tuple[AppendResult, tuple[str, str]]:
-        """Let the domain decide each event on ``record``; write them if ``record`` is still current."""
-        stream_id = record.id
-        version_before = record.version
-        if new_events[0].type == "committed":
-            if record.exists:
-                raise StreamAlreadyExists(stream_id, record.version)
-        elif not record.exists:
-            raise StreamNotFound(stream_id)
-        if expected_version is not None and expected_version != version_before:
-            raise VersionConflict(stream_id, expected_version, version_before)
-
-        now = self.clock()
-        was_candidate = self.outbox.before(record, (e.type for e in new_events)) if self.outbox is not None else None
-        rows, statuses = [], []
-        for index, (event, digest) in enumerate(zip(new_events, digests)):
-            pending = PendingEvent(event.type, event.data, record.version + 1, event.occurred_at or now, now)
-            try:
-                apply(record, pending)
-            except DomainError as refusal:
-                if len(new_events) > 1:
-                    refusal.event_index = index  # which event of a batch was refused
-                raise
-            row = {"event_id": event.event_id or str(uuid.uuid4()), "version": pending.version,
-                   "type": event.type, "data": event.data, "occurred_at": pending.occurred_at,
-                   "correlation_id": event.correlation_id, "causation_id": event.causation_id,
-                   "on_behalf_of": event.on_behalf_of, "request_digest": digest, "prev_hash": head_hash}
-            row["hash"] = head_hash = event_hash(
-                stream_id=stream_id, version=row["version"], type=row["type"], data=row["data"], actor=actor,
-                on_behalf_of=row["on_behalf_of"], recorded_at=now, occurred_at=row["occurred_at"],
-                event_id=row["event_id"], correlation_id=row["correlation_id"],
-                causation_id=row["causation_id"], prev_hash=row["prev_hash"])
-            rows.append(row)
-            statuses.append(record.state)
-
-        def stored_events(positions: list[int]) -> tuple[StoredEvent, ...]:
-            return tuple(StoredEvent(position, r["event_id"], stream_id, r["version"], r["type"], r["data"],
-                                     actor, now, r["occurred_at"], r["correlation_id"], r["causation_id"],
-                                     r["on_behalf_of"], r["prev_hash"], r["hash"])
-                         for position, r in zip(positions, rows))
-
-        after_write = None
-        if self.handlers:
-            def after_write(conn: Connection, positions: list[int]) -> None:
-                stored = stored_events(positions)
-                for handler in self.handlers:
-                    handler(conn, stored, record)
-
-        state = state_row(record, head_hash)
-        queued = (self.outbox.plan(was_candidate, record, rows, statuses, actor, now, subscribers)
-                  if self.outbox is not None else [])
-        positions = session.write(stream_id, version_before, rows, state, actor, now, after_write, queued)
-        return (AppendResult(stream_id, record, stored_events(positions), created=True),
-                (state["state_json"], head_hash))
+            version_before = record.version
+            _check_expectations(record, new_events[0].type, expected_version)
+            if plan is not None:
+                plan.before(record, [event.type for event in new_events])
+            decided = decide(record, head_hash or GENESIS, new_events, digests, actor=actor, now=self.clock())
+            companion = plan.rows(record, decided) if plan is not None else []
+            state = state_row(record, decided[-1].hash)
+            state_json = orjson.dumps(state["state"]).decode()
+            positions = session.write(stream_id, version_before, decided, state, state_json, companion)
+        stored = tuple(event.stored(position) for event, position in zip(decided, positions))
+        return AppendResult(stream_id, record, stored, created=True), (state_json, decided[-1].hash)
 
     def _remember(self, stream_id: str, entry: tuple[str, str]) -> None:
         if not self.cache_size:

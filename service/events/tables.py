@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import UTC
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
+
+from service.domain import CaseStudy
 
 
 class UTCDateTime(TypeDecorator):
@@ -112,6 +115,28 @@ case_studies = Table(
     Index("ix_case_studies_account_id", "account_id"),
     postgresql_with={"fillfactor": 70},
 )
+
+
+STATE_COLUMNS = tuple(column.name for column in case_studies.c if column.name != "id")
+
+
+def state_row(record: CaseStudy, head_hash: str) -> dict[str, Any]:
+    """The state table's columns but ``id`` for ``record``, whose chain ends at ``head_hash``.
+
+    The one place that fills them: the writers name the columns this gives."""
+    return {
+        "status": record.state,
+        "version": record.version,
+        "csm": record.csm,
+        "account_id": record.account["id"] if record.account else None,
+        "account_name": record.account["name"] if record.account else None,
+        "committed_at": record.committed_at,
+        "entered_status_at": record.entered_status_at,
+        "last_activity_at": record.last_activity_at,
+        "state": record.to_dict(),
+        "head_hash": head_hash,
+    }
+
 
 # -- projections kept by projectors from the global feed (see service/events/projectors.py) -----
 # Every projection row carries the generation it belongs to: readers see only the generation
@@ -220,53 +245,4 @@ candidates = Table(
     Column("candidate", Boolean, nullable=False),
     Column("candidate_since", UTCDateTime),  # business time it last became a candidate
     Index("ix_proj_candidates_candidate", "generation", "candidate"),
-)
-
-
-# -- integrations: outgoing webhooks and the outbox every notification goes through ----------------
-webhook_subscriptions = Table(
-    "webhook_subscriptions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("url", String(2048), nullable=False),
-    Column("types", JSON(), nullable=False),  # event types, or ["*"] for all
-    Column("secret", String(200), nullable=False),  # signs each delivery, so it is kept as given
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("removed_at", UTCDateTime),  # kept, so that its deliveries stay explained
-)
-
-# A message written in the same transaction as what causes it, delivered by the dispatcher.
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("id", Position, primary_key=True, autoincrement=True),
-    Column("destination", String(20), nullable=False),  # slack | webhook
-    Column("subscription_id", Integer),  # the webhook's subscription
-    Column("kind", String(40), nullable=False),  # record_created | records_stuck | new_candidate | event
-    Column("stream_id", StreamId),
-    Column("event_id", String(36)),
-    Column("dedupe_key", String(200), nullable=False),
-    Column("payload", JSON(), nullable=False),  # the body to send, as it was when written
-    Column("status", String(10), nullable=False),  # pending | sent | dead
-    Column("attempts", Integer, nullable=False),
-    Column("next_attempt_at", UTCDateTime, nullable=False),
-    Column("lease_until", UTCDateTime),  # a dispatcher is sending it until then
-    Column("lease_token", String(32)),  # which claim holds the lease: only it may mark the message
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("sent_at", UTCDateTime),
-    Column("last_status", Integer),  # the receiver's HTTP status on the last attempt
-    Column("last_error", Text),
-    UniqueConstraint("dedupe_key", name="uq_outbox_dedupe_key"),
-    Index("ix_outbox_due", "status", "next_attempt_at"),
-    sqlite_autoincrement=True,
-)
-
-# Stuck findings already announced, so each is announced once: (record, rule, since) is one episode.
-stuck_announcements = Table(
-    "stuck_announcements",
-    metadata,
-    Column("stream_id", StreamId, primary_key=True),
-    Column("code", String(40), primary_key=True),
-    Column("since", UTCDateTime, primary_key=True),
-    Column("announced_at", UTCDateTime, nullable=False),
 )

@@ -295,7 +295,8 @@ def test_a_state_whose_commit_failed_is_never_decided_on(database, monkeypatch):
             conn.get_transaction().rollback()  # the write ran; the commit never happens
         raise DatabaseUnavailable("connection lost while committing")
 
-    store = EventStore(database.engine, handlers=[lambda conn, stored, record: None])  # writes in a transaction
+    store = EventStore(database.engine)
+    monkeypatch.setattr(store._writer, "optimistic", store._writer.locked)  # every write in a transaction
     stream = unique_id()
     store.append(stream, [NewEvent("committed", COMMITTED)], actor="t")
     store.append(stream, [NewEvent("started", {})], actor="t")

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import threading
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
+from sqlalchemy import insert
 
+from service.events.db import transaction
 from service.events.feed import Feed, UnknownPosition
+from service.events.integrity import GENESIS
 from service.events.store import EventStore, NewEvent
+from service.events.tables import events
+from service.times import utcnow
 from tests.conftest import settle, unique_id
 from tests.factories import COMMITTED
 
@@ -22,18 +30,16 @@ def follow(feed: Feed, after: int, **kw) -> tuple[list, int]:
         after = page.next_after
 
 
-class HeldOpen:
-    """A store handler that keeps one stream's write transaction open until released."""
-
-    def __init__(self, stream_id: str):
-        self.stream_id = stream_id
-        self.written = threading.Event()  # the events are in, not committed
-        self.release = threading.Event()
-
-    def __call__(self, conn, stored, record):
-        if record.id == self.stream_id:
-            self.written.set()
-            assert self.release.wait(30), "the test never released the held transaction"
+@contextmanager
+def uncommitted_event(engine, stream_id: str) -> Iterator[None]:
+    """A writer's transaction that has taken a position for an event of ``stream_id`` and not committed."""
+    now = utcnow()
+    with transaction(engine) as conn:
+        conn.execute(insert(events).values(
+            event_id=str(uuid.uuid4()), stream_id=stream_id, version=1, type="committed", data=COMMITTED,
+            actor="tests", recorded_at=now, occurred_at=now, request_digest="0" * 64, prev_hash=GENESIS,
+            hash="0" * 64))
+        yield
 
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
@@ -44,39 +50,34 @@ def test_a_follower_never_misses_an_event_that_commits_after_a_later_position(fr
     migrations.upgrade(engine)
     feed = Feed(engine)
     slow_stream, fast_stream = unique_id("slow"), unique_id("fast")
-    held = HeldOpen(slow_stream)
-    slow_store = EventStore(engine, handlers=[held])
-    fast_store = EventStore(engine)
-    warm = fast_store.append(unique_id("warm"), [NewEvent("committed", COMMITTED)], actor="tests")
+    store = EventStore(engine)
+    warm = store.append(unique_id("warm"), [NewEvent("committed", COMMITTED)], actor="tests")
+    settle(feed)  # another transaction on the same server may hold the feed back for a moment
     seen, after = follow(feed, 0)
     assert [e.position for e in seen] == [warm.position]
 
-    slow = threading.Thread(target=slow_store.append,
-                            args=(slow_stream, [NewEvent("committed", COMMITTED)]), kwargs={"actor": "tests"})
-    slow.start()
-    assert held.written.wait(10)  # the slow writer holds its position, uncommitted
     fast_done = threading.Event()
 
     def fast_append():
-        fast_store.append(fast_stream, [NewEvent("committed", COMMITTED)], actor="tests")
+        store.append(fast_stream, [NewEvent("committed", COMMITTED)], actor="tests")
         fast_done.set()
 
     fast = threading.Thread(target=fast_append)
-    fast.start()
-    if fresh_database.backend == "postgres":
-        # Appends to other streams are not held up: the later position commits first ...
-        assert fast_done.wait(10)
-        # ... and the feed does not hand it out while the earlier position may still commit.
-        page = feed.read(after=after)
-        assert page.events == [] and page.next_after == after
-    else:
-        # SQLite's writers take turns: the second waits for the first, so positions follow commits.
-        assert not fast_done.wait(0.5)
-        assert feed.read(after=after).events == []
-    held.release.set()
-    slow.join(10)
+    with uncommitted_event(engine, slow_stream):  # the slow writer holds its position, uncommitted
+        fast.start()
+        if fresh_database.backend == "postgres":
+            # Appends to other streams are not held up: the later position commits first ...
+            assert fast_done.wait(10)
+            # ... and the feed does not hand it out while the earlier position may still commit.
+            page = feed.read(after=after)
+            assert page.events == [] and page.next_after == after
+        else:
+            # SQLite's writers take turns: the second waits for the first, so positions follow commits.
+            assert not fast_done.wait(0.5)
+            assert feed.read(after=after).events == []
     fast.join(10)
 
+    settle(feed)
     seen, _ = follow(feed, after)
     assert [e.stream_id for e in seen] == [slow_stream, fast_stream]
     if fresh_database.backend == "postgres":

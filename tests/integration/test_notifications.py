@@ -16,12 +16,12 @@ from sqlalchemy import delete, func, select
 
 from service import create_app
 from service.bootstrap import build, dispatcher
-from service.config import Settings
+from service.config import DeliverySettings, Settings
 from service.domain import GuardFailed
-from service.events.dispatch import SIGNATURE_HEADER
-from service.events.outbox import DeliverySettings, SubscriptionError
 from service.events.store import NewEvent
-from service.events.tables import outbox, stuck_announcements, webhook_subscriptions
+from service.notifications.dispatcher import SIGNATURE_HEADER
+from service.notifications.subscriptions import SubscriptionError
+from service.notifications.tables import outbox, stuck_announcements, webhook_subscriptions
 from service.times import utcnow
 from tests.conftest import BACKENDS, Database, migrated_database, unique_id
 from tests.factories import COMMITTED

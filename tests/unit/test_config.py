@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 
 from service.config import Settings, SettingsError
+from service.links import Links
 
 
 def test_links_default_to_where_make_run_serves():
     assert Settings.from_env({}).public_base_url == "http://127.0.0.1:8000"
-    assert Settings.from_env({"PORT": "9000"}).record_url("acme-1") == "http://127.0.0.1:9000/case-studies/acme-1"
-    assert Settings.from_env({"PUBLIC_BASE_URL": "https://cs.example.com/"}).record_url("x") == \
+    assert Settings.from_env({"PORT": "9000"}).public_base_url == "http://127.0.0.1:9000"
+    assert Links(Settings.from_env({"PUBLIC_BASE_URL": "https://cs.example.com/"}).public_base_url).record("x") == \
         "https://cs.example.com/case-studies/x"
 
 

@@ -122,6 +122,14 @@ def test_an_msa_restriction_blocks_candidacy_unless_anonymized():
     assert readiness(build(("committed", anonymized, 0), *steps), 20).candidate
 
 
+def test_a_declined_record_is_never_a_candidate_however_good_its_figures():
+    steps = [("committed", COMMITTED, 0), metrics("baseline", {"x": 10}), metrics("current", {"x": 20}),
+             ("nps_recorded", {"score": 9}, 2)]
+    assert readiness(build(*steps), 20).candidate
+    declined = readiness(build(*steps, ("declined", {"reason": "new CEO says no"}, 3)), 20)
+    assert declined.kpi_improvement_pct == 100.0 and declined.nps == 9 and not declined.candidate
+
+
 def test_an_improvement_too_large_to_represent_is_not_reported():
     record = build(("committed", COMMITTED, 0), metrics("baseline", {"x": 1e-300}), metrics("current", {"x": 1e15}))
     assert readiness(record, 20).kpi_improvement_pct is None

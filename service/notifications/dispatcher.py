@@ -36,18 +36,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
+from service.config import DeliverySettings
 from service.events.db import is_sqlite, transaction
-from service.events.outbox import (
-    MESSAGE_COLUMNS,
-    DeliverySettings,
-    Message,
-    Subscriptions,
-    backoff,
-    message,
-    records_stuck_message,
-)
 from service.events.projections import Projections
-from service.events.tables import outbox, stuck_announcements
+from service.links import Links
+from service.notifications.messages import records_stuck_message
+from service.notifications.outbox import MESSAGE_COLUMNS, Message, message
+from service.notifications.subscriptions import Subscriptions
+from service.notifications.tables import outbox, stuck_announcements
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.notifications")
@@ -80,6 +76,11 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max((when - now).total_seconds(), 0.0)
 
 
+def backoff(attempts: int, base_seconds: float, max_seconds: float) -> timedelta:
+    """Exponential back-off after ``attempts`` failed attempts: base, 2 x base, 4 x base, … capped."""
+    return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), max_seconds))
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A message this dispatcher holds the lease on, and the token that proves it."""
@@ -103,13 +104,13 @@ class Dispatcher:
     """Claims, sends and marks outbox messages; scans for newly stuck records."""
 
     def __init__(self, engine: Engine, subscriptions: Subscriptions, projections: Projections,
-                 settings: DeliverySettings, *, base_url: str, clock: Callable[[], datetime] = utcnow,
+                 settings: DeliverySettings, *, links: Links, clock: Callable[[], datetime] = utcnow,
                  client: httpx.Client | None = None):
         self.engine = engine
         self.subscriptions = subscriptions
         self.projections = projections
         self.settings = settings
-        self.base_url = base_url.rstrip("/")  # for the links in stuck announcements
+        self.links = links  # for the links in stuck announcements
         self.clock = clock
         self.client = client or httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
                                               headers={"User-Agent": USER_AGENT})
@@ -261,11 +262,9 @@ class Dispatcher:
             if new:
                 order = {key: index for index, key in enumerate(ordered)}  # the stuck list's own order
                 found = [(current[key].record, current[key].finding) for key in sorted(new, key=order.__getitem__)]
-                base = self.base_url
                 conn.execute(insert(outbox).values(
                     destination="slack", kind="records_stuck", dedupe_key=f"slack:records_stuck:{now.isoformat()}",
-                    payload=records_stuck_message(found, lambda i: f"{base}/case-studies/{i}",
-                                                  f"{base}/projections/stuck"),
+                    payload=records_stuck_message(found, self.links),
                     status="pending", attempts=0, next_attempt_at=now, created_at=now))
         if new:
             log.info("stuck_announced", findings=len(new))
