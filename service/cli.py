@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from service.access.keys import KeyRequestError, KeyStore
 from service.access.roles import ROLES
 from service.config import Settings, SettingsError
+from service.domain import APPROVER_ROLES
 from service.events.db import make_engine
 
 
@@ -179,7 +180,7 @@ def _when(value: str | None, *, start: bool) -> datetime | None:
 @click.option("--from", "start", help="First day or time (business time), e.g. 2026-10-01.")
 @click.option("--to", "end", help="Last day, or the time before which to stop.")
 @click.option("--csm", help="Only records of this CSM.")
-@click.option("--role", type=click.Choice(["marketing", "legal", "executive_sponsor"]))
+@click.option("--role", type=click.Choice(APPROVER_ROLES))
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
 @click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-",
               help="File to write (default: standard output).")
@@ -426,7 +427,7 @@ def import_deals(file: str, actor: str) -> None:
     existing); other rows store nothing. Exits 1 when any row is invalid, after importing the rest."""
     import csv
 
-    from service.events.deal_import import ImportFileError, count_rows, import_rows, read_rows
+    from service.intake.csv_import import ImportFileError, count_rows, import_rows, read_rows
     from service.times import utcnow
 
     services = _services()

@@ -9,7 +9,6 @@ from werkzeug.exceptions import HTTPException
 from service.api.problems import Problem
 from service.cursors import BadCursor
 from service.domain import GuardFailed, StreamCorrupt, TransitionNotAllowed
-from service.events.deals import DealConflict, InvalidDeal
 from service.events.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -18,6 +17,7 @@ from service.events.errors import (
     VersionConflict,
 )
 from service.events.schemas import InvalidEvent, NotJson
+from service.intake.deals import DealConflict, InvalidDeal
 
 log = structlog.get_logger("casestudies.api")
 

@@ -12,8 +12,8 @@ from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.api.problems import Problem
-from service.events import deals
 from service.events.schemas import Url
+from service.intake import deals
 from service.links import record_path
 from service.notifications.outbox import DESTINATIONS, STATUSES
 from service.notifications.subscriptions import SubscriptionError

@@ -3,7 +3,7 @@
 Nothing here imports Flask, SQLAlchemy or psycopg.
 """
 from service.domain.errors import DomainError, GuardFailed, StreamCorrupt, TransitionNotAllowed
-from service.domain.machine import allowed_events, apply, replay
+from service.domain.machine import allowed_events, apply, path_to, replay
 from service.domain.model import (
     APPROVER_ROLES,
     EVENT_TYPES,
@@ -33,6 +33,7 @@ __all__ = [
     "TransitionNotAllowed",
     "allowed_events",
     "apply",
+    "path_to",
     "readiness",
     "replay",
     "stuck_findings",

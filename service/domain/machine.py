@@ -68,6 +68,26 @@ def allowed_events(status: str) -> list[str]:
     return list(_ALLOWED[status])
 
 
+def path_to(status: str) -> list[str]:
+    """The fewest events that take a new record to ``status``, read from the machine's table (the
+    first transition listed wins a tie): the history that back-filling a record writes."""
+    paths: dict[str, list[str]] = {NEW: []}
+    frontier = [NEW]
+    while frontier and status not in paths:
+        reached = []
+        for source in frontier:
+            for event_type, event in MACHINE.events.items():
+                for transition in event.transitions.get(source, ()):
+                    dest = transition.dest
+                    if dest is not None and dest not in paths:
+                        paths[dest] = [*paths[source], event_type]
+                        reached.append(dest)
+        frontier = reached
+    if status not in paths:
+        raise ValueError(f"no events lead to {status}")
+    return paths[status]
+
+
 def _describe(status: str) -> str:
     return "a new record" if status == NEW else f"a record that is {STATUS_LABELS[status]}"
 

@@ -13,6 +13,7 @@ from service.domain import (
     TransitionNotAllowed,
     allowed_events,
     apply,
+    path_to,
     replay,
 )
 from service.domain.model import PendingEvent
@@ -208,3 +209,19 @@ def test_metric_values_read_back_as_int_or_float_give_the_same_record():
     as_float = replay("r", [event("committed", VALID_DATA["committed"], 1),
                             event("metrics_recorded", {"kind": "baseline", "metrics": {"days": 30.0}}, 2)])
     assert as_int == as_float and isinstance(as_int.metrics["baseline"]["days"], float)
+
+
+@pytest.mark.parametrize("status", [status for status in EXPECTED if status != P])
+def test_the_path_to_each_status_is_read_from_the_machine_and_leads_there(status):
+    record = CaseStudy(id="r-1")
+    for version, event_type in enumerate(path_to(status), start=1):
+        apply(record, event(event_type, data_for(record.state, event_type), version))
+    assert record.state == status
+
+
+def test_paths_take_the_fewest_events_guards_aside():
+    assert {status: path_to(status) for status in EXPECTED} == {
+        "new": [], N: ["committed"], I: ["committed", "started"], A: ["committed", "started", "approval_requested"],
+        P: ["committed", "started", "approval_requested", "published"],  # publishing needs approvals first
+        H: ["committed", "held"],  # a record brought over on hold was held from Not Started
+        D: ["committed", "declined"]}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator, TextIO
 
-from service.events.deals import FIELDS, DealConflict, InvalidDeal, as_token, parse_deal, take
 from service.events.errors import DatabaseUnavailable, StoreError
 from service.events.store import EventStore
+from service.intake.deals import FIELDS, DealConflict, InvalidDeal, as_token, parse_deal, take
 
 REQUIRED_COLUMNS = ("deal_id", "case_study_commitment")
 

@@ -19,13 +19,14 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
-from service.domain import STATUS_LABELS, CaseStudy
+from service.domain import STATUS_LABELS, CaseStudy, path_to
 from service.events.errors import StreamAlreadyExists
 from service.events.schemas import (
     DATA_SCHEMAS,
     Email,
     InvalidEvent,
     Name,
+    Role,
     Text,
     error_list,
     is_valid_stream_id,
@@ -84,7 +85,8 @@ def _roles(value: Any) -> Any:
     return value
 
 
-BackfillStatus = Literal["not_started", "in_progress", "awaiting_customer_approval", "on_hold", "declined"]
+# A record kept elsewhere so far can be brought over in any status but Published (its approvals need names).
+BackfillStatus = Literal[tuple(status for status in STATUS_LABELS if status != "published")]  # type: ignore[valid-type]
 
 
 class InvalidDeal(InvalidEvent):
@@ -114,8 +116,7 @@ class Deal(BaseModel):
     # Back-filling a record kept elsewhere so far (a CRM custom object): where it stands now.
     status: Annotated[BackfillStatus | None, BeforeValidator(as_token)] = None
     status_since: Annotated[date | None, BeforeValidator(_close_date)] = None
-    approvers: Annotated[list[Literal["marketing", "legal", "executive_sponsor"]] | None,
-                         BeforeValidator(_roles)] = None
+    approvers: Annotated[list[Role] | None, BeforeValidator(_roles)] = None
     hold_reason: Text | None = None
     revisit_on: Annotated[date | None, BeforeValidator(_close_date)] = None
     declined_reason: Text | None = None
@@ -200,17 +201,17 @@ def history(deal: Deal, now: datetime) -> list[NewEvent]:
             "use_case": deal.use_case, "close_date": deal.close_date.isoformat(), "deal_id": deal.deal_id,
             "anonymized": deal.anonymized, "industry_description": deal.industry_description,
             "msa_restricted": deal.msa_restricted}
-    steps: list[tuple[str, dict, datetime]] = [("committed", data, committed_at)]
     status = deal.status or "not_started"
-    if status in ("in_progress", "awaiting_customer_approval"):
-        steps.append(("started", {}, since))
-    if status == "awaiting_customer_approval":
-        steps.append(("approval_requested", {"approvers": deal.approvers}, since))
-    elif status == "on_hold":  # held straight from Not Started: resuming it returns there
-        steps.append(("held", {"reason": deal.hold_reason,
-                               "revisit_on": deal.revisit_on.isoformat() if deal.revisit_on else None}, since))
-    elif status == "declined":
-        steps.append(("declined", {"reason": deal.declined_reason}, since))
+    entered = {"committed": data,
+               "started": {},
+               "approval_requested": {"approvers": deal.approvers},
+               "held": {"reason": deal.hold_reason,
+                        "revisit_on": deal.revisit_on.isoformat() if deal.revisit_on else None},
+               "declined": {"reason": deal.declined_reason}}
+    # The machine says which events lead there (On Hold: held straight from Not Started, so
+    # resuming it returns there); the commitment is dated at the close, the rest at status_since.
+    steps = [(event_type, entered[event_type], committed_at if event_type == "committed" else since)
+             for event_type in path_to(status)]
     events = []
     for event_type, values, occurred_at in steps:
         try:
