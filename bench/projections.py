@@ -246,7 +246,7 @@ def generate(records: int, seed: int, now: datetime) -> Iterator[tuple[int, list
 
     from service.domain.machine import apply
     from service.domain.model import CaseStudy, PendingEvent
-    from service.events.integrity import GENESIS, event_hash
+    from service.events.chain import GENESIS, event_hash
     from service.events.store import NewEvent, state_row
 
     rng = random.Random(seed)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from service.access.keys import KeyStore
+from service.audit.approvals import ApprovalHistory
+from service.audit.verification import Verification
 from service.config import Settings
-from service.events.audit import Audit
 from service.events.db import make_engine
 from service.events.feed import Feed
 from service.events.projecting import ProjectionRunner
@@ -28,7 +29,8 @@ class Services:
     store: EventStore
     keys: KeyStore
     projections: Projections
-    audit: Audit
+    approvals: ApprovalHistory
+    verification: Verification
     feed: Feed
     runner: ProjectionRunner
     read_models: ReadModels
@@ -54,7 +56,8 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         store=store,
         keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
         projections=Projections(engine, store, settings.stuck),
-        audit=Audit(engine, store),
+        approvals=ApprovalHistory(engine, store),
+        verification=Verification(engine, store),
         feed=feed,
         runner=runner,
         read_models=ReadModels(engine, runner),

@@ -198,13 +198,13 @@ def audit_export(start, end, csm, role, fmt, output) -> None:
     if filters["start"] and filters["end"] and filters["end"] <= filters["start"]:
         raise click.BadParameter("--to must be later than --from")
     with _database_errors():
-        total = services.audit.count_approval_rows(**filters)  # before the role filter: an upper bound
+        total = services.approvals.count(**filters)  # before the role filter: an upper bound
         writer = csv.writer(output, lineterminator="\r\n") if fmt == "csv" else None
         if writer:
             writer.writerow(ROW_COLUMNS)
         written = 0
         with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
-            for row in services.audit.iter_approval_rows(**filters, role=role):
+            for row in services.approvals.rows(**filters, role=role):
                 item = row_json(row)
                 if writer:
                     writer.writerow([csv_cell(cell) for cell in csv_cells(item)])
@@ -224,7 +224,7 @@ def audit_verify(stream_id, digest_file) -> None:
     """Recompute hash chains and report the first broken link of each stream (exit 1 if any)."""
     import orjson
 
-    from service.events.audit import DigestError
+    from service.audit.digests import DigestError, check_digest
 
     services = _services()
     with _database_errors():
@@ -237,7 +237,7 @@ def audit_verify(stream_id, digest_file) -> None:
                 count = document.get("event_count") if isinstance(document, dict) else None
                 with click.progressbar(length=count if type(count) is int and count >= 0 else 0,
                                        label="checking digest", file=sys.stderr) as bar:
-                    findings, checked = services.audit.check_digest(document, progress=bar.update)
+                    findings, checked = check_digest(services.store, document, progress=bar.update)
             except DigestError as error:
                 raise click.ClickException(str(error)) from None
             for finding in findings:
@@ -247,15 +247,15 @@ def audit_verify(stream_id, digest_file) -> None:
                        f"{document['created_at']}")
             sys.exit(1 if findings else 0)
         if stream_id:
-            check = services.audit.verify(stream_id)
+            check = services.verification.verify(stream_id)
             if check is None:
                 raise click.ClickException(f"no case study with id {stream_id!r}")
             _report(check)
             sys.exit(0 if check.intact else 1)
         streams = 0
         broken = []
-        with click.progressbar(length=services.audit.event_count(), label="verifying", file=sys.stderr) as bar:
-            for check in services.audit.verify_all(progress=bar.update):
+        with click.progressbar(length=services.verification.event_count(), label="verifying", file=sys.stderr) as bar:
+            for check in services.verification.verify_all(progress=bar.update):
                 streams += 1
                 if not check.intact:
                     broken.append(check)
@@ -281,14 +281,14 @@ def audit_digest(output) -> None:
     """Write the verified head hash of every stream, for an auditor to keep outside the system."""
     import orjson
 
-    from service.events.audit import DigestError
+    from service.audit.digests import DigestError, write_digest
 
     services = _services()
     with _database_errors():
         try:
-            with click.progressbar(length=services.audit.event_count(), label="hashing",
+            with click.progressbar(length=services.verification.event_count(), label="hashing",
                                    file=sys.stderr) as bar:
-                document = services.audit.digest(progress=bar.update)
+                document = write_digest(services.verification, progress=bar.update)
         except DigestError as error:
             raise click.ClickException(str(error)) from None
     output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")

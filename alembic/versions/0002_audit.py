@@ -13,7 +13,7 @@ Create Date: 2026-11-23
 import sqlalchemy as sa
 from alembic import op
 
-from service.events.integrity import GENESIS, event_hash
+from service.events.chain import GENESIS, event_hash
 
 revision = "0002_audit"
 down_revision = "0001_core"

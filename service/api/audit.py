@@ -12,9 +12,9 @@ from service.api.auth import requires
 from service.api.case_studies import checked_stream_id
 from service.api.openapi import describe
 from service.api.problems import Problem
+from service.audit.approvals import ApprovalRow
 from service.domain import APPROVER_ROLES
 from service.domain.approvals import Round, Step
-from service.events.audit import ApprovalRow
 from service.times import iso, utcnow
 
 bp = Blueprint("audit", __name__)
@@ -61,7 +61,7 @@ def round_json(round_: Round, reference: datetime) -> dict:
 def approvals(stream_id: str, as_of):
     """Every approval round of one record, as recorded by ``as_of`` (default now)."""
     checked_stream_id(stream_id)
-    rounds = services().audit.rounds(stream_id, as_of=as_of)
+    rounds = services().approvals.rounds(stream_id, as_of=as_of)
     if rounds is None:
         raise Problem(404, "not_found", f"no case study with id {stream_id!r}"
                       + (f" had been recorded by {as_of.isoformat()}" if as_of else ""), id=stream_id)
@@ -75,7 +75,7 @@ def approvals(stream_id: str, as_of):
 def verify(stream_id: str):
     """Recompute the record's hash chain: "intact" with the head hash, or the first broken link."""
     checked_stream_id(stream_id)
-    check = services().audit.verify(stream_id)
+    check = services().verification.verify(stream_id)
     if check is None:
         raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)
     return check.to_dict()
@@ -126,7 +126,7 @@ def approvals_across_records(fmt, start, end, csm, role, limit: int, cursor):
     if start is not None and end is not None and end <= start:
         raise Problem(400, "invalid_parameter", "to must be later than from", parameter="to")
     filters = {"start": start, "end": end, "csm": csm, "role": role}
-    rows, cursor = services().audit.approval_rows(**filters, limit=limit, cursor=cursor)
+    rows, cursor = services().approvals.page(**filters, limit=limit, cursor=cursor)
     items = [row_json(row) for row in rows]
     next_url = None
     if cursor:

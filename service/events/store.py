@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, select
 
 from service.domain import CaseStudy, DomainError, apply, replay
 from service.domain.model import PendingEvent
+from service.events.chain import GENESIS, event_hash
 from service.events.db import transaction
 from service.events.errors import (
     DatabaseUnavailable,
@@ -35,7 +36,6 @@ from service.events.errors import (
     StreamNotFound,
     VersionConflict,
 )
-from service.events.integrity import GENESIS, event_hash
 from service.events.metrics import APPEND_SECONDS, EVENTS_APPENDED
 from service.events.tables import case_studies, events, state_row
 from service.events.writes import LostRace, writer_for

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from service import migrations
 from service.cli import main as cli
-from service.events.integrity import GENESIS, hash_of
+from service.events.chain import GENESIS, hash_of
 from service.events.store import EventStore, NewEvent
 from tests.conftest import unique_id
 from tests.factories import COMMITTED
@@ -310,7 +310,7 @@ def test_verifying_everything_catches_removed_events_that_leave_each_chain_consi
 
 
 def _digest_with(tmp_path, change):
-    from service.events.audit import _sha256
+    from service.audit.digests import _sha256
 
     document = {"format": "casestudies-digest/1", "chain_format": "casestudies-chain/1",
                 "created_at": "2026-11-23T00:00:00.000000Z", "stream_count": 1, "event_count": 1,

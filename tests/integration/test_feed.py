@@ -9,9 +9,9 @@ from typing import Iterator
 import pytest
 from sqlalchemy import insert
 
+from service.events.chain import GENESIS
 from service.events.db import transaction
 from service.events.feed import Feed, UnknownPosition
-from service.events.integrity import GENESIS
 from service.events.store import EventStore, NewEvent
 from service.events.tables import events
 from service.times import utcnow

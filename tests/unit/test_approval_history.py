@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.domain.approvals import approval_rounds
-from service.events.integrity import GENESIS, check_chain, event_hash, hash_of
+from service.events.chain import GENESIS, check_chain, event_hash, hash_of
 
 T0 = datetime(2026, 10, 1, 9, tzinfo=UTC)
 
@@ -142,7 +142,7 @@ def test_the_canonical_form_is_byte_for_byte_the_rfc_8785_reference():
 
     import rfc8785
 
-    from service.events.integrity import canonical_json
+    from service.events.chain import canonical_json
 
     rng = random.Random(8785)
     for _ in range(20000):
