@@ -1,6 +1,6 @@
 """Benchmark (d): projections at scale - rebuild rate and memory, and the reporting endpoints.
 
-d1  Rebuild: ``ProjectionRunner.rebuild()`` (every projector, one pass over the whole store) of ~
+d1  Rebuild: ``Rebuilder.rebuild()`` (every projector, one pass over the whole store) of ~
     1,000,000 events (100,000 case studies) on PostgreSQL and on SQLite, each run in a fresh
     subprocess that reports its events/s and its peak RSS (``ru_maxrss``). In the same run the
     *raw read* of the events table: the rebuild's own streaming query (same condition, same
@@ -407,7 +407,7 @@ def _child(kind: str, url: str) -> dict:
                 count += 1
         done[0] = count
     elif kind == "rebuild":
-        mark = services.runner.rebuild(progress=progress)
+        mark = services.runner.rebuilder.rebuild(progress=progress)
         out["mark_position"] = mark.position
     elif kind == "profile":
         import cProfile
@@ -415,7 +415,7 @@ def _child(kind: str, url: str) -> dict:
 
         profiler = cProfile.Profile()
         profiler.enable()
-        services.runner.rebuild(progress=progress)
+        services.runner.rebuilder.rebuild(progress=progress)
         profiler.disable()
         out["seconds"] = time.perf_counter() - t0
         stats = pstats.Stats(profiler)
@@ -469,7 +469,7 @@ def _projection_rows(services) -> dict[str, int]:
     counts = {}
     with transaction(services.engine, write=False) as conn:
         for projector in services.runner.projectors.values():
-            generation = services.runner.checkpoint(conn, projector.name).generation
+            generation = services.runner.checkpoints.get(conn, projector.name).generation
             for table in projector.tables:
                 counts[table.name] = conn.execute(select(func.count()).select_from(table)
                                                   .where(table.c.generation == generation)).scalar_one()

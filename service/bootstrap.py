@@ -11,14 +11,15 @@ from service.audit.verification import Verification
 from service.config import Settings
 from service.events.db import make_engine
 from service.events.feed import Feed
-from service.events.projecting import ProjectionRunner
-from service.events.projections import Projections
-from service.events.projectors import projectors
-from service.events.read_models import ReadModels
 from service.events.store import EventStore
 from service.links import Links
 from service.notifications.outbox import Outbox, OutboxPlanner
 from service.notifications.subscriptions import Subscriptions
+from service.projections.projectors import projectors
+from service.projections.queries import Projections
+from service.projections.records import Records
+from service.projections.runner import ProjectionRunner
+from service.projections.stuck import StuckList
 
 
 @dataclass
@@ -28,12 +29,13 @@ class Services:
     links: Links
     store: EventStore
     keys: KeyStore
-    projections: Projections
+    records: Records
+    stuck: StuckList
     approvals: ApprovalHistory
     verification: Verification
     feed: Feed
     runner: ProjectionRunner
-    read_models: ReadModels
+    projections: Projections
     subscriptions: Subscriptions
     outbox: Outbox
 
@@ -55,12 +57,13 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         links=links,
         store=store,
         keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
-        projections=Projections(engine, store, settings.stuck),
+        records=Records(engine),
+        stuck=StuckList(engine, store, settings.stuck),
         approvals=ApprovalHistory(engine, store),
         verification=Verification(engine, store),
         feed=feed,
         runner=runner,
-        read_models=ReadModels(engine, runner),
+        projections=Projections(engine, runner.checkpoints),
         subscriptions=subscriptions,
         outbox=Outbox(engine),
     )
@@ -70,5 +73,5 @@ def dispatcher(services: Services):
     """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
     from service.notifications.dispatcher import Dispatcher
 
-    return Dispatcher(services.engine, services.subscriptions, services.projections, services.settings.notify,
+    return Dispatcher(services.engine, services.subscriptions, services.stuck, services.settings.notify,
                       links=services.links)

@@ -328,7 +328,8 @@ class _Bar:
 
 @contextmanager
 def _busy():
-    from service.events.projecting import ProjectionBusy, ProjectionFailed
+    from service.projections.checkpoints import ProjectionFailed
+    from service.projections.rebuild import ProjectionBusy
 
     try:
         yield
@@ -370,7 +371,7 @@ def projections_rebuild(name: str | None) -> None:
     names = _projector_names(services, name)
     with _database_errors():
         with _Bar("rebuilding") as bar, _busy():
-            mark = services.runner.rebuild(names, total=bar.start, progress=bar.update)
+            mark = services.runner.rebuilder.rebuild(names, total=bar.start, progress=bar.update)
     click.echo(f"rebuilt {', '.join(names or services.runner.projectors)} to position {mark.position}")
 
 
@@ -382,7 +383,7 @@ def projections_verify(name: str | None) -> None:
     names = _projector_names(services, name)
     with _database_errors():
         with _Bar("verifying") as bar, _busy():
-            results = services.runner.verify(names, total=bar.start, progress=bar.update)
+            results = services.runner.rebuilder.verify(names, total=bar.start, progress=bar.update)
     differing = 0
     for projector, result in results.items():
         for difference in result.differences:
@@ -586,7 +587,7 @@ def report_weekly(as_of: str | None, fmt: str, output) -> None:
     services = _services()
     now = utcnow()
     with _database_errors():
-        document = weekly_report(services.read_models, services.projections,
+        document = weekly_report(services.projections, services.stuck,
                                  as_of=_when(as_of, start=False) or now, now=now)
     if fmt == "json":
         output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")

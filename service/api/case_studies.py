@@ -170,7 +170,7 @@ def get_events(stream_id: str, from_version: int, limit: int):
 def list_records(status, csm, account, limit: int, cursor):
     """Records from the state table, filtered and paginated with an opaque cursor."""
     filters = {"status": status, "csm": csm, "account": account}
-    page = services().projections.list_records(**filters, limit=limit, cursor=cursor)
+    page = services().records.page(**filters, limit=limit, cursor=cursor)
     threshold = services().settings.candidate_kpi_pct
     next_url = None
     if page.next_cursor:

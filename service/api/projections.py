@@ -13,7 +13,7 @@ from service.api.auth import requires
 from service.api.openapi import describe
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES
-from service.events.read_models import Answer
+from service.projections.queries import Answer
 from service.times import iso, utcnow
 
 bp = Blueprint("projections", __name__)
@@ -35,7 +35,7 @@ def _csv(answer: Answer, header: list[str], rows, filename: str) -> Response:
 def pipeline(fmt):
     """Counts by status, and by CSM and status (JSON or CSV)."""
     as_csv = params.wants_csv(fmt)
-    answer = services().read_models.pipeline()
+    answer = services().projections.pipeline()
     counts = answer.value
     if as_csv:
         statuses = list(STATUS_LABELS)
@@ -67,7 +67,7 @@ def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
 def blockers(fmt, as_of, csm, code, limit: int, cursor):
     """What blocks publication, per record: now, or at business time ``as_of``."""
     as_csv = params.wants_csv(fmt)
-    answer = services().read_models.blockers(as_of=as_of, csm=csm, code=code, limit=limit, cursor=cursor)
+    answer = services().projections.blockers(as_of=as_of, csm=csm, code=code, limit=limit, cursor=cursor)
     items = blocker_items(answer, as_of or utcnow())
     next_url = None
     if answer.next_cursor:
@@ -91,7 +91,7 @@ def blockers(fmt, as_of, csm, code, limit: int, cursor):
 def cycle_times(fmt, start, end, csm):
     """Days from commitment to each milestone and each approver role's answer time, per quarter."""
     as_csv = params.wants_csv(fmt)
-    answer = services().read_models.cycle_times(start=start, end=end, csm=csm)
+    answer = services().projections.cycle_times(start=start, end=end, csm=csm)
     if as_csv:
         header = ["quarter", "kind", "name", "count", "median_days", "p90_days"]
         rows = []
@@ -117,7 +117,7 @@ CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct
 def candidates(fmt, since, csm):
     """Records that meet the candidate rule (KPI improvement and NPS), newest candidates first."""
     as_csv = params.wants_csv(fmt)
-    answer = services().read_models.candidates(since=since, csm=csm)
+    answer = services().projections.candidates(since=since, csm=csm)
     items = [{column: iso(row[column]) if column == "candidate_since" else row[column]
               for column in CANDIDATE_COLUMNS} for row in answer.value]
     if as_csv:
@@ -158,7 +158,7 @@ def stuck(fmt, as_of, csm, code):
     as_csv = params.wants_csv(fmt)
     now = utcnow()
     as_of = as_of or now
-    rows = services().projections.stuck(as_of=as_of, now=now, csm=csm, code=code)
+    rows = services().stuck.find(as_of=as_of, now=now, csm=csm, code=code)
     items = [{
         "id": row.record.id,
         "status": row.record.state,

@@ -36,7 +36,7 @@ def weekly(chosen, as_of):
     now = utcnow()
     as_of = as_of or now
     wired = services()
-    report = weekly_report(wired.read_models, wired.projections, as_of=as_of, now=now)
+    report = weekly_report(wired.projections, wired.stuck, as_of=as_of, now=now)
     if fmt == "md":
         return Response(to_markdown(report), mimetype="text/markdown")
     if fmt == "html":

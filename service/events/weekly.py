@@ -14,23 +14,23 @@ from jinja2 import Environment
 
 from service.domain import STATUS_LABELS
 from service.domain.reporting import STAGES, quarter_of
-from service.events.projections import Projections
-from service.events.read_models import ReadModels
+from service.projections.queries import Projections
+from service.projections.stuck import StuckList
 
 WEEK = timedelta(days=7)
 
 
-def weekly_report(read_models: ReadModels, projections: Projections, *, as_of: datetime,
+def weekly_report(projections: Projections, stuck_list: StuckList, *, as_of: datetime,
                   now: datetime) -> dict[str, Any]:
     """Everything the weekly review asks, for the week ending at ``as_of``."""
     start = as_of - WEEK
-    counts_now = read_models.counts_at(as_of)
-    counts_before = read_models.counts_at(start)
-    stuck = projections.stuck(as_of=as_of, now=now)
-    blockers = read_models.blockers(as_of=None if as_of >= now else as_of)
-    new_candidates = read_models.candidates(since=start)
-    published = read_models.published_between(start, as_of)
-    cycle = read_models.cycle_times(end=as_of)
+    counts_now = projections.counts_at(as_of)
+    counts_before = projections.counts_at(start)
+    stuck = stuck_list.find(as_of=as_of, now=now)
+    blockers = projections.blockers(as_of=None if as_of >= now else as_of)
+    new_candidates = projections.candidates(since=start)
+    published = projections.published_between(start, as_of)
+    cycle = projections.cycle_times(end=as_of)
     quarter = quarter_of(as_of)
 
     stuck_by_csm: dict[str, list[dict]] = {}

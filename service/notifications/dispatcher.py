@@ -38,12 +38,12 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import DeliverySettings
 from service.events.db import is_sqlite, transaction
-from service.events.projections import Projections
 from service.links import Links
 from service.notifications.messages import records_stuck_message
 from service.notifications.outbox import MESSAGE_COLUMNS, Message, message
 from service.notifications.subscriptions import Subscriptions
 from service.notifications.tables import outbox, stuck_announcements
+from service.projections.stuck import StuckList
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.notifications")
@@ -103,12 +103,12 @@ class Attempt:
 class Dispatcher:
     """Claims, sends and marks outbox messages; scans for newly stuck records."""
 
-    def __init__(self, engine: Engine, subscriptions: Subscriptions, projections: Projections,
+    def __init__(self, engine: Engine, subscriptions: Subscriptions, stuck: StuckList,
                  settings: DeliverySettings, *, links: Links, clock: Callable[[], datetime] = utcnow,
                  client: httpx.Client | None = None):
         self.engine = engine
         self.subscriptions = subscriptions
-        self.projections = projections
+        self.stuck = stuck
         self.settings = settings
         self.links = links  # for the links in stuck announcements
         self.clock = clock
@@ -241,7 +241,7 @@ class Dispatcher:
         if not self.settings.slack_webhook_url:
             return 0
         now = self.clock()
-        rows = self.projections.stuck(as_of=now, now=now)
+        rows = self.stuck.find(as_of=now, now=now)
         current = {(row.record.id, row.finding.code, row.finding.since): row for row in rows}
         insert_new = (sqlite_insert if is_sqlite(self.engine) else pg_insert)(stuck_announcements)
         keys = (stuck_announcements.c.stream_id, stuck_announcements.c.code, stuck_announcements.c.since)

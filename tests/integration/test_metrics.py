@@ -59,7 +59,7 @@ def test_metrics_show_the_outbox_and_how_far_each_projector_lags(client, service
     lagging = value(samples, "casestudies_projection_lag_events", projector="pipeline")
     assert lagging >= 0
     settle(services.feed)
-    services.runner.ensure_checkpoints()
+    services.runner.checkpoints.ensure()
     while services.runner.step("pipeline"):
         pass
     assert value(scrape(client), "casestudies_projection_lag_events", projector="pipeline") == 0

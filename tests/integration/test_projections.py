@@ -39,11 +39,13 @@ from service.domain.reporting import BLOCKER_CODES
 from service.domain.stuck import STUCK_CODES
 from service.events.db import make_engine, transaction
 from service.events.feed import Feed, NotYetReadable
-from service.events.projecting import ProjectionBusy, ProjectionFailed, ProjectionRunner
-from service.events.projectors import Projector, projectors
 from service.events.store import EventStore, NewEvent
-from service.events.tables import blockers, pipeline_records, projection_checkpoints
 from service.events.weekly import to_html, to_markdown, weekly_report
+from service.projections.checkpoints import ProjectionFailed
+from service.projections.projectors import Projector, projectors
+from service.projections.rebuild import ProjectionBusy
+from service.projections.runner import ProjectionRunner
+from service.projections.tables import blockers, pipeline_records, projection_checkpoints
 from tests.conftest import _drop_postgres, _fresh_postgres, settle
 
 AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -225,7 +227,7 @@ def test_the_pipeline_counts_the_fixture_by_status_and_csm(world):
 
 def test_the_weekly_report_answers_the_review_for_the_fixture(world):
     services = world[0]
-    report = weekly_report(services.read_models, services.projections, as_of=AS_OF,
+    report = weekly_report(services.projections, services.stuck, as_of=AS_OF,
                            now=datetime(2026, 11, 23, tzinfo=UTC))
     assert {s: (c["now"], c["week_before"], c["change"]) for s, c in report["counts"].items()} == {
         "not_started": (1, 2, -1), "in_progress": (4, 3, 1), "awaiting_customer_approval": (1, 3, -2),
@@ -329,16 +331,16 @@ def test_a_projector_restarted_from_its_checkpoint_misses_and_doubles_no_row(emp
     small = ProjectionRunner(engine, services.feed, projectors(20.0), batch=7)
     assert small.catch_up(["blockers"], max_batches=2) == {"blockers": 14}  # then "the process dies"
     with engine.connect() as conn:
-        assert small.checkpoint(conn, "blockers").position == 14
+        assert small.checkpoints.get(conn, "blockers").position == 14
     restarted = ProjectionRunner(engine, services.feed, projectors(20.0), batch=7)
     total = sum(len(steps) for steps in PIPELINE.values())
     assert restarted.catch_up(["blockers"]) == {"blockers": total - 14}
     assert restarted.catch_up(["blockers"]) == {"blockers": 0}
     live = table_rows(engine, blockers)
     assert len(live) == len(set(live))
-    assert restarted.verify(["blockers"])["blockers"].differences == []
+    assert restarted.rebuilder.verify(["blockers"])["blockers"].differences == []
     at_once = ProjectionRunner(engine, services.feed, projectors(20.0))
-    at_once.rebuild(["blockers"])
+    at_once.rebuilder.rebuild(["blockers"])
     assert [row[1:] for row in table_rows(engine, blockers)] == [row[1:] for row in live]
 
 
@@ -380,9 +382,9 @@ def test_a_rebuild_equals_the_live_model_and_readers_never_see_it_half_built(emp
     during: list[dict] = []
 
     def progress(_events):
-        during.append(services.read_models.pipeline().value)
+        during.append(services.projections.pipeline().value)
 
-    mark = runner.rebuild(progress=progress)
+    mark = runner.rebuilder.rebuild(progress=progress)
     assert during and all(seen["total"] == len(PIPELINE) for seen in during)  # the old generation, whole
     assert mark.position == services.feed.head().position
     rebuilt = {table: table_rows(services.engine, table) for table in live}
@@ -391,7 +393,7 @@ def test_a_rebuild_equals_the_live_model_and_readers_never_see_it_half_built(emp
     with services.engine.connect() as conn:
         generations = conn.execute(select(pipeline_records.c.generation).distinct()).scalars().all()
     assert generations == [2]  # the old generation is gone
-    assert all(not result.differences for result in runner.verify().values())
+    assert all(not result.differences for result in runner.rebuilder.verify().values())
 
 
 def test_verify_reports_a_live_row_that_differs_from_a_rebuild(empty):
@@ -401,7 +403,7 @@ def test_verify_reports_a_live_row_that_differs_from_a_rebuild(empty):
     runner.catch_up()
     with transaction(services.engine) as conn:
         conn.execute(update(pipeline_records).where(pipeline_records.c.id == "ns-late").values(status="published"))
-    [difference] = runner.verify(["pipeline"])["pipeline"].differences
+    [difference] = runner.rebuilder.verify(["pipeline"])["pipeline"].differences
     assert difference.table == "proj_pipeline_records" and difference.key == {"id": "ns-late"}
     assert difference.live["status"] == "published" and difference.rebuilt["status"] == "not_started"
 
@@ -430,7 +432,7 @@ def test_the_worker_loop_follows_new_events_until_stopped(empty):
             if all(row["checkpoint"]["position"] == head for row in services.runner.status()["projectors"]):
                 break
             stop.wait(0.05)
-        assert services.read_models.pipeline().value["total"] == 2
+        assert services.projections.pipeline().value["total"] == 2
     finally:
         stop.set()
         worker.join(10)
@@ -439,7 +441,7 @@ def test_the_worker_loop_follows_new_events_until_stopped(empty):
 
 @pytest.mark.parametrize("as_of", [RECORDED, AS_OF, datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 3, 1, tzinfo=UTC)])
 def test_stuck_from_the_state_table_equals_stuck_from_a_replay(world, as_of):
-    projections = world[0].projections
+    stuck = world[0].stuck
 
     def found(rows):
         return sorted((row.record.id, row.finding.code, row.finding.days) for row in rows)
@@ -447,8 +449,8 @@ def test_stuck_from_the_state_table_equals_stuck_from_a_replay(world, as_of):
     # Everything was recorded at RECORDED: with "now" at as_of the state table answers (only
     # the records its columns say may be stuck are read), with "now" later a replay of what
     # was recorded by as_of does. They must agree.
-    from_state = found(projections.stuck(as_of=as_of, now=as_of))
-    by_replay = found(projections.stuck(as_of=as_of, now=as_of + timedelta(seconds=1)))
+    from_state = found(stuck.find(as_of=as_of, now=as_of))
+    by_replay = found(stuck.find(as_of=as_of, now=as_of + timedelta(seconds=1)))
     assert from_state == by_replay and len(from_state) >= 6
 
 
@@ -457,13 +459,13 @@ def test_a_second_rebuild_or_verify_of_a_projector_is_refused_while_one_runs(emp
     load(store, {"ns-late"})
     runner = services.runner
     runner.catch_up()
-    with runner._exclusive("pipeline"):
+    with runner.rebuilder._exclusive("pipeline"):
         with pytest.raises(ProjectionBusy):
-            runner.rebuild(["pipeline"])
+            runner.rebuilder.rebuild(["pipeline"])
         with pytest.raises(ProjectionBusy):
-            runner.verify(["pipeline"])
-        assert runner.rebuild(["blockers"]).position > 0  # other projectors are not held up
-    assert runner.rebuild(["pipeline"]).position > 0
+            runner.rebuilder.verify(["pipeline"])
+        assert runner.rebuilder.rebuild(["blockers"]).position > 0  # other projectors are not held up
+    assert runner.rebuilder.rebuild(["pipeline"]).position > 0
 
 
 def test_a_rebuild_clears_what_an_interrupted_one_left_behind(empty):
@@ -473,10 +475,10 @@ def test_a_rebuild_clears_what_an_interrupted_one_left_behind(empty):
     runner.catch_up()
     with transaction(services.engine) as conn:  # rows of a rebuild that died before its swap
         conn.execute(pipeline_records.insert().values(generation=2, id="ghost", status="published", csm="X"))
-    runner.rebuild(["pipeline"])
+    runner.rebuilder.rebuild(["pipeline"])
     with services.engine.connect() as conn:
         assert conn.execute(select(pipeline_records.c.id).where(pipeline_records.c.id == "ghost")).first() is None
-    assert services.read_models.pipeline().value["total"] == 2
+    assert services.projections.pipeline().value["total"] == 2
 
 
 def test_a_worker_that_finds_a_projector_at_the_start_of_a_full_store_rebuilds_it(empty):
@@ -495,7 +497,7 @@ def test_a_worker_that_finds_a_projector_at_the_start_of_a_full_store_rebuilds_i
         worker.join(10)
     with services.engine.connect() as conn:
         assert conn.execute(select(pipeline_records.c.generation).distinct()).scalars().all() == [2]
-    assert services.read_models.pipeline().value["total"] == len(PIPELINE)
+    assert services.projections.pipeline().value["total"] == len(PIPELINE)
 
 
 @pytest.mark.parametrize("fresh_database", ["postgres"], indirect=True)
@@ -537,11 +539,11 @@ def test_a_rebuild_that_cannot_project_a_stream_keeps_the_live_model_and_reports
     broken = ProjectionRunner(services.engine, services.feed, {
         "pipeline": exploding(runner.projectors["pipeline"], "metrics_recorded", "cannot project metrics")})
     with pytest.raises(ProjectionFailed):
-        broken.rebuild(["pipeline"])
+        broken.rebuilder.rebuild(["pipeline"])
     [status] = [row for row in runner.status()["projectors"] if row["name"] == "pipeline"]
     metrics = next(e for e in store.load("ip-idle") if e.type == "metrics_recorded")
     assert status["failing"] and status["last_error"]["position"] == metrics.position
-    assert status["generation"] == 1 and services.read_models.pipeline().value["total"] == 2
+    assert status["generation"] == 1 and services.projections.pipeline().value["total"] == 2
 
     stop = threading.Event()  # a worker meeting the same failure keeps running and retrying
     stop_after = threading.Timer(0.5, stop.set)

@@ -8,7 +8,7 @@ once. Rows are given without ``generation``; whoever writes them adds it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Table
 
@@ -23,10 +23,10 @@ from service.domain.reporting import (
     approver_times,
 )
 from service.events.store import StoredEvent
-from service.events.tables import (
+from service.projections.tables import (
     approver_times as approver_times_table,
 )
-from service.events.tables import (
+from service.projections.tables import (
     blockers,
     candidates,
     cycle_stages,
@@ -139,6 +139,15 @@ def projectors(kpi_threshold_pct: float) -> dict[str, Projector]:
         Projector("candidates", (candidates,), lambda: _CandidatesFold(kpi_threshold_pct),
                   "readiness of each record and since when it has been a candidate"),
     )}
+
+
+def choose(projectors: dict[str, Projector], names: Iterable[str] | None) -> list[str]:
+    """The projectors named (all when ``names`` is empty); KeyError naming any that does not exist."""
+    chosen = list(names) if names else list(projectors)
+    unknown = [name for name in chosen if name not in projectors]
+    if unknown:
+        raise KeyError(f"no projector named {', '.join(unknown)}; there are {', '.join(projectors)}")
+    return chosen
 
 
 class EventNotProjected(Exception):

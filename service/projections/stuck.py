@@ -1,4 +1,8 @@
-"""Read models over the state table: the record list and the stuck list (always current)."""
+"""The stuck list: which records break a stuck rule at a reference time, and why.
+
+For now or later it reads the state table (only the records some rule may hold for); for a past
+time it replays what had been recorded by then. The rules themselves are the domain's.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,26 +12,10 @@ from typing import Iterable, Iterator
 from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.sql.expression import ColumnElement
 
-from service import cursors
-from service.domain import CaseStudy, StuckFinding, StuckThresholds, stuck_findings
-from service.domain.model import Status
+from service.domain import CaseStudy, Status, StuckFinding, StuckThresholds, stuck_findings
 from service.events.db import transaction
-from service.events.schemas import is_valid_stream_id
 from service.events.store import EventStore
 from service.events.tables import case_studies
-
-
-def _last_id(values: list) -> str:
-    (last_id,) = values
-    if not isinstance(last_id, str) or not is_valid_stream_id(last_id):
-        raise ValueError(values)
-    return last_id
-
-
-@dataclass(frozen=True)
-class Page:
-    records: list[CaseStudy]
-    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -36,34 +24,15 @@ class StuckRow:
     finding: StuckFinding
 
 
-class Projections:
-    """Queries for the record list and the weekly review's questions."""
+class StuckList:
+    """Stuck records with their findings."""
 
     def __init__(self, engine: Engine, store: EventStore, thresholds: StuckThresholds):
         self.engine = engine
         self.store = store
         self.thresholds = thresholds
 
-    def list_records(self, *, status: str | None = None, csm: str | None = None,
-                     account: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
-        """Records ordered by id, filtered, one page at a time (keyset pagination)."""
-        query = select(case_studies.c.state).order_by(case_studies.c.id).limit(limit + 1)
-        if status:
-            query = query.where(case_studies.c.status == status)
-        if csm:
-            query = query.where(case_studies.c.csm == csm)
-        if account:
-            query = query.where(or_(case_studies.c.account_id == account,
-                                    case_studies.c.account_name == account))
-        if cursor:
-            query = query.where(case_studies.c.id > cursors.decode(cursor, _last_id))
-        with self.engine.connect() as conn:
-            records = [CaseStudy.from_dict(row.state) for row in conn.execute(query)]
-        more = len(records) > limit
-        records = records[:limit]
-        return Page(records, cursors.encode([records[-1].id]) if more else None)
-
-    def stuck(self, *, as_of: datetime, now: datetime, csm: str | None = None,
+    def find(self, *, as_of: datetime, now: datetime, csm: str | None = None,
               code: str | None = None) -> list[StuckRow]:
         """Stuck records at ``as_of``: from the state table for now or later, by replay for the past."""
         if as_of < now:

@@ -18,8 +18,8 @@ from service.domain import STATUS_LABELS
 from service.domain.reporting import STAGES, quarter_of, summarise
 from service.events.db import transaction
 from service.events.feed import Mark
-from service.events.projecting import Checkpoint, ProjectionRunner
-from service.events.tables import (
+from service.projections.checkpoints import Checkpoint, Checkpoints
+from service.projections.tables import (
     approver_times,
     blockers,
     candidates,
@@ -46,17 +46,17 @@ def _zeros() -> dict[str, int]:
     return {status: 0 for status in STATUS_LABELS}
 
 
-class ReadModels:
-    """The reporting questions, answered from the projections."""
+class Projections:
+    """The reporting questions, answered from the projections' tables."""
 
-    def __init__(self, engine: Engine, runner: ProjectionRunner):
+    def __init__(self, engine: Engine, checkpoints: Checkpoints):
         self.engine = engine
-        self.runner = runner
+        self.checkpoints = checkpoints
 
     @contextmanager
     def _reading(self, name: str) -> Iterator[tuple[Connection, Checkpoint]]:
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            yield conn, self.runner.checkpoint(conn, name)
+            yield conn, self.checkpoints.get(conn, name)
 
     def pipeline(self) -> Answer:
         """Counts by status, and by CSM and status."""
