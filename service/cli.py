@@ -581,7 +581,7 @@ def report_weekly(as_of: str | None, fmt: str, output) -> None:
     """The weekly review: counts and change, stuck, blockers, candidates, published, cycle times."""
     import orjson
 
-    from service.events.weekly import to_html, to_markdown, weekly_report
+    from service.reports.weekly import to_html, to_markdown, weekly_report
     from service.times import utcnow
 
     services = _services()

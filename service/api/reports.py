@@ -8,7 +8,7 @@ from service.api import params, services
 from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
-from service.events.weekly import to_html, to_markdown, weekly_report
+from service.reports.weekly import to_html, to_markdown, weekly_report
 from service.times import utcnow
 
 bp = Blueprint("reports", __name__)

@@ -40,12 +40,12 @@ from service.domain.stuck import STUCK_CODES
 from service.events.db import make_engine, transaction
 from service.events.feed import Feed, NotYetReadable
 from service.events.store import EventStore, NewEvent
-from service.events.weekly import to_html, to_markdown, weekly_report
 from service.projections.checkpoints import ProjectionFailed
 from service.projections.projectors import Projector, projectors
 from service.projections.rebuild import ProjectionBusy
 from service.projections.runner import ProjectionRunner
 from service.projections.tables import blockers, pipeline_records, projection_checkpoints
+from service.reports.weekly import to_html, to_markdown, weekly_report
 from tests.conftest import _drop_postgres, _fresh_postgres, settle
 
 AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)
