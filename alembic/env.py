@@ -4,7 +4,7 @@ from __future__ import annotations
 from alembic import context
 
 from service.config import Settings
-from service.events.db import make_engine
+from service.events.backends import make_engine
 
 config = context.config
 

@@ -107,8 +107,9 @@ class Side:
     def __init__(self, url: str, batch: int, streams: int, name: str):
         from service import migrations
         from service.config import Settings
-        from service.events.db import make_engine
-        from service.events.store import EventStore, NewEvent
+        from service.events.backends import make_engine
+        from service.events.event import NewEvent
+        from service.events.store import EventStore
 
         self.NewEvent = NewEvent
         self.batch = batch
@@ -216,7 +217,7 @@ class Raw:
         from psycopg.types.json import Jsonb
 
         from service import migrations
-        from service.events.db import make_engine
+        from service.events.backends import make_engine
 
         self.Jsonb = Jsonb
         engine = make_engine(sa_url(dbname))

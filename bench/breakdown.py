@@ -98,9 +98,10 @@ def run() -> dict:
     from service.config import Settings
     from service.domain.model import CaseStudy
     from service.events import store as store_module
-    from service.events.db import make_engine
-    from service.events.store import EventStore, NewEvent
-    from service.events.writes import _PostgresSession
+    from service.events.backends import make_engine
+    from service.events.event import NewEvent
+    from service.events.postgres import _PostgresSession
+    from service.events.store import EventStore
 
     per_request: dict[str, dict] = {}
     with fresh_db("breakdown") as dbname:

@@ -123,8 +123,9 @@ def run_wrk(wrk: str, port: int, seconds: float, key: str, streams: int, threads
 
 def _precreate_streams(url: str, streams: int) -> None:
     """Commit ``streams`` records through the store (not timed)."""
-    from service.events.db import make_engine
-    from service.events.store import EventStore, NewEvent
+    from service.events.backends import make_engine
+    from service.events.event import NewEvent
+    from service.events.store import EventStore
 
     engine = make_engine(url)
     store = EventStore(engine)
@@ -136,7 +137,7 @@ def _precreate_streams(url: str, streams: int) -> None:
 def _count_quotes(url: str) -> int:
     from sqlalchemy import text
 
-    from service.events.db import make_engine
+    from service.events.backends import make_engine
 
     engine = make_engine(url)
     with engine.connect() as conn:

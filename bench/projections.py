@@ -247,7 +247,8 @@ def generate(records: int, seed: int, now: datetime) -> Iterator[tuple[int, list
     from service.domain.machine import apply
     from service.domain.model import CaseStudy, PendingEvent
     from service.events.chain import GENESIS, event_hash
-    from service.events.store import NewEvent, state_row
+    from service.events.event import NewEvent
+    from service.events.store import state_row
 
     rng = random.Random(seed)
     statuses = [s for s, _ in STATUS_MIX]
@@ -315,7 +316,7 @@ def make_dataset(records: int, seed: int) -> tuple[list[tuple], list[tuple], dic
 
 def _migrate(url: str) -> None:
     from service import migrations
-    from service.events.db import make_engine
+    from service.events.backends import make_engine
 
     engine = make_engine(url)
     migrations.upgrade(engine)
@@ -376,7 +377,7 @@ def _child(kind: str, url: str) -> dict:
     from service.bootstrap import build
     from service.config import Settings
     from service.events.db import transaction
-    from service.events.store import EVENT_COLUMNS, stored_event
+    from service.events.event import EVENT_COLUMNS, stored_event
     from service.events.tables import events
 
     services = build(Settings(database_url=url))

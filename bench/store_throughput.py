@@ -63,8 +63,9 @@ class Ours:
     def __init__(self, dbname: str, pool_size: int = 5):
         from service import migrations
         from service.config import Settings
-        from service.events.db import make_engine
-        from service.events.store import EventStore, NewEvent
+        from service.events.backends import make_engine
+        from service.events.event import NewEvent
+        from service.events.store import EventStore
 
         self.NewEvent = NewEvent
         self.engine = make_engine(sa_url(dbname), pool_size=pool_size)
@@ -174,7 +175,7 @@ def _raw_floor(dbname: str, seconds: float, warmup: float) -> dict:
     from psycopg.types.json import Jsonb
 
     from service import migrations
-    from service.events.db import make_engine
+    from service.events.backends import make_engine
 
     engine = make_engine(sa_url(dbname))
     migrations.upgrade(engine)
@@ -244,8 +245,9 @@ def _process_writer(dbname: str, i: int, barrier, seconds: float, queue) -> None
     quiet_service_logging()
     ours = Ours.__new__(Ours)
     from service.config import Settings
-    from service.events.db import make_engine
-    from service.events.store import EventStore, NewEvent
+    from service.events.backends import make_engine
+    from service.events.event import NewEvent
+    from service.events.store import EventStore
 
     ours.NewEvent = NewEvent
     ours.engine = make_engine(sa_url(dbname), pool_size=1)

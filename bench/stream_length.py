@@ -41,7 +41,7 @@ BATCH = 200  # events per append call while pre-growing (not timed)
 
 
 def _event(kind: str, n: int):
-    from service.events.store import NewEvent
+    from service.events.event import NewEvent
 
     if kind == "metrics":
         return NewEvent("metrics_recorded", metrics(n))
@@ -49,7 +49,7 @@ def _event(kind: str, n: int):
 
 
 def _grow(store, stream_id: str, kind: str, version: int) -> None:
-    from service.events.store import NewEvent
+    from service.events.event import NewEvent
 
     store.append(stream_id, [NewEvent("committed", COMMITTED)], actor="bench-setup")
     done = 1
@@ -63,7 +63,7 @@ def _grow(store, stream_id: str, kind: str, version: int) -> None:
 def measure(url: str, streams: int, window: int) -> dict:
     from service import migrations
     from service.config import Settings
-    from service.events.db import make_engine
+    from service.events.backends import make_engine
     from service.events.store import EventStore
 
     engine = make_engine(url)

@@ -9,7 +9,7 @@ from service.access.keys import KeyStore
 from service.audit.approvals import ApprovalHistory
 from service.audit.verification import Verification
 from service.config import Settings
-from service.events.db import make_engine
+from service.events.backends import make_engine
 from service.events.feed import Feed
 from service.events.store import EventStore
 from service.links import Links

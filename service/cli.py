@@ -12,7 +12,7 @@ from service.access.keys import KeyRequestError, KeyStore
 from service.access.roles import ROLES
 from service.config import Settings, SettingsError
 from service.domain import APPROVER_ROLES
-from service.events.db import make_engine
+from service.events.backends import make_engine
 
 
 def _settings() -> Settings:

@@ -20,7 +20,8 @@ from service import create_app, migrations
 from service.access.keys import ROLES
 from service.bootstrap import Services, build
 from service.config import Settings
-from service.events.db import make_engine, normalise_url
+from service.events.backends import make_engine
+from service.events.db import normalise_url
 
 BACKENDS = ("sqlite", "postgres")
 

@@ -14,8 +14,8 @@ from service.api.openapi import Body, describe
 from service.api.problems import Problem
 from service.api.representation import record_json
 from service.domain import STATUS_LABELS
+from service.events.event import NewEvent
 from service.events.schemas import EVENT_BODY, is_batch, is_valid_stream_id, parse_event_batch, parse_event_request
-from service.events.store import NewEvent
 from service.links import record_path
 from service.times import utcnow
 

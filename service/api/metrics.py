@@ -10,7 +10,7 @@ import os
 from datetime import datetime
 
 from flask import Blueprint, Flask, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,8 +20,6 @@ from service.times import utcnow
 
 bp = Blueprint("metrics", __name__)
 
-HTTP_REQUESTS = Counter("casestudies_http_requests", "HTTP requests answered, by route and status.",
-                        ["method", "route", "status"])
 
 
 class DatabaseGauges:

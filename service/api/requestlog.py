@@ -8,7 +8,7 @@ import uuid
 import structlog
 from flask import Flask, g, request
 
-from service.api.metrics import HTTP_REQUESTS
+from service.telemetry import HTTP_REQUESTS
 
 log = structlog.get_logger("casestudies.request")
 

@@ -9,7 +9,8 @@ from sqlalchemy import Engine, and_, bindparam, func, select, tuple_
 
 from service import cursors
 from service.domain.approvals import APPROVAL_EVENT_TYPES, Round, approval_rounds
-from service.events.store import EVENT_COLUMNS, EventStore, StoredEvent, stored_event
+from service.events.event import EVENT_COLUMNS, StoredEvent, stored_event
+from service.events.store import EventStore
 from service.events.tables import UTCDateTime, case_studies, events
 
 DECISION_TYPES = ("approval_requested", "approval_granted", "changes_requested")

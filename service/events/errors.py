@@ -1,6 +1,12 @@
 """Storage outcomes a caller must handle, translated once from database errors."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from sqlalchemy.exc import OperationalError
+
 
 class StoreError(Exception):
     """Base of the store's refusals."""
@@ -42,3 +48,17 @@ class DatabaseUnavailable(StoreError):
     Usually nothing was written; if the connection dropped while a write was committing, it
     may have been. A retry with the same event id is safe either way.
     """
+
+
+class LostRace(Exception):
+    """The record moved (or was created) between the read and the write; nothing was written."""
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Database errors as the store's own: a connection refused, lost or reset is DatabaseUnavailable."""
+    try:
+        yield
+    except (psycopg.OperationalError, OperationalError) as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()
+        raise DatabaseUnavailable(reason[0] if reason else "connection lost") from None

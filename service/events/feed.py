@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, Connection, Engine, Text, cast, func, literal
 from sqlalchemy.sql.expression import ColumnElement
 
 from service.events.db import is_sqlite, transaction
-from service.events.store import EVENT_COLUMNS, StoredEvent, stored_event
+from service.events.event import EVENT_COLUMNS, StoredEvent, stored_event
 from service.events.tables import Xid8, events
 
 

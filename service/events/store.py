@@ -2,7 +2,7 @@
 
 An append reads the record's row in the state table, lets the domain decide each new event
 against it (never a replay of the whole stream), and writes the events together with the new
-state row only if the row is still at the version the decision was made on (writes.py).
+state row only if the row is still at the version the decision was made on (backends.py).
 The database enforces it: the conditional write, ``unique(stream_id, version)``,
 ``unique(event_id)`` and the state table's primary key each refuse a second winner. A writer
 that lost a race decides again on the new state, unless it asked for an expected version.
@@ -13,12 +13,11 @@ with the events in the same transaction (on PostgreSQL, the same statement), or 
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import orjson
 import structlog
@@ -26,114 +25,27 @@ from sqlalchemy import Connection, Engine, Table, bindparam, select
 
 from service.domain import CaseStudy, DomainError, apply, replay
 from service.domain.model import PendingEvent
+from service.events.backends import writer_for
 from service.events.chain import GENESIS, event_hash
 from service.events.db import transaction
 from service.events.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
+    LostRace,
     StoreError,
     StreamAlreadyExists,
     StreamNotFound,
     VersionConflict,
+    translated,
 )
-from service.events.metrics import APPEND_SECONDS, EVENTS_APPENDED
+from service.events.event import EVENT_COLUMNS, Decided, NewEvent, StoredEvent, group_streams, stored_event
 from service.events.tables import case_studies, events, state_row
-from service.events.writes import LostRace, writer_for
+from service.telemetry import APPEND_SECONDS, EVENTS_APPENDED
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.store")
 
 MAX_ATTEMPTS = 5  # retries of an append without expected_version that lost a race
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event as a client asked for it, validated but not yet decided."""
-
-    type: str
-    data: Mapping[str, Any]
-    event_id: str | None = None
-    occurred_at: datetime | None = None
-    correlation_id: str | None = None
-    causation_id: str | None = None
-    on_behalf_of: str | None = None
-
-    def digest(self, stream_id: str) -> str:
-        """A fingerprint of what was asked, so a retry can be told from a different request."""
-        content = {
-            "stream_id": stream_id,
-            "type": self.type,
-            "data": self.data,
-            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "on_behalf_of": self.on_behalf_of,
-        }
-        return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    """An event as stored; it satisfies the domain's Event protocol."""
-
-    position: int
-    event_id: str
-    stream_id: str
-    version: int
-    type: str
-    data: Mapping[str, Any]
-    actor: str
-    recorded_at: datetime
-    occurred_at: datetime
-    correlation_id: str | None
-    causation_id: str | None
-    on_behalf_of: str | None
-    prev_hash: str
-    hash: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "position": self.position,
-            "event_id": self.event_id,
-            "stream_id": self.stream_id,
-            "version": self.version,
-            "type": self.type,
-            "data": self.data,
-            "actor": self.actor,
-            "recorded_at": self.recorded_at.isoformat(),
-            "occurred_at": self.occurred_at.isoformat(),
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "on_behalf_of": self.on_behalf_of,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
-
-
-@dataclass(frozen=True)
-class Decided:
-    """An event the domain accepted, hashed into its stream's chain, not yet written (no position)."""
-
-    event_id: str
-    stream_id: str
-    version: int
-    type: str
-    data: Mapping[str, Any]
-    actor: str
-    recorded_at: datetime
-    occurred_at: datetime
-    correlation_id: str | None
-    causation_id: str | None
-    on_behalf_of: str | None
-    request_digest: str  # what was asked, so that a retry can be told from another request
-    prev_hash: str
-    hash: str
-    status: str  # the record's status just after it
-
-    def stored(self, position: int) -> StoredEvent:
-        return StoredEvent(position, self.event_id, self.stream_id, self.version, self.type, self.data, self.actor,
-                           self.recorded_at, self.occurred_at, self.correlation_id, self.causation_id,
-                           self.on_behalf_of, self.prev_hash, self.hash)
 
 
 @dataclass(frozen=True)
@@ -176,16 +88,7 @@ class Participant(Protocol):
         """Called once per append before the write takes its connection (any lookup it needs goes here)."""
 
 
-EVENT_COLUMNS = (events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
-                 events.c.type, events.c.data, events.c.actor, events.c.recorded_at,
-                 events.c.occurred_at, events.c.correlation_id, events.c.causation_id,
-                 events.c.on_behalf_of, events.c.prev_hash, events.c.hash)
 _SELECT_STATE = select(case_studies.c.state).where(case_studies.c.id == bindparam("id"))
-
-
-def stored_event(row: Any) -> StoredEvent:
-    """A stored event from a row of EVENT_COLUMNS."""
-    return StoredEvent(*row)
 
 
 def decide(record: CaseStudy, head_hash: str, new_events: Sequence[NewEvent], digests: Sequence[str], *,
@@ -317,7 +220,7 @@ class EventStore:
         """Read the state row, let the domain decide, write if the record has not moved meanwhile.
 
         Returns the result and the state to remember once the write is committed."""
-        with (self._writer.locked() if locked else self._writer.optimistic()) as session:
+        with translated(), (self._writer.locked() if locked else self._writer.optimistic()) as session:
             if cached is not None:
                 state, head_hash = orjson.loads(cached[0]), cached[1]
             else:
@@ -428,15 +331,3 @@ class EventStore:
                 query = query.where(events.c.stream_id == stream_id)
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
             yield from group_streams(stored_event(row) for row in result)
-
-
-def group_streams(ordered: Iterable[StoredEvent]) -> Iterator[tuple[str, list[StoredEvent]]]:
-    """Events ordered by stream (then version), one stream's list at a time."""
-    current: list[StoredEvent] = []
-    for event in ordered:
-        if current and current[0].stream_id != event.stream_id:
-            yield current[0].stream_id, current
-            current = []
-        current.append(event)
-    if current:
-        yield current[0].stream_id, current

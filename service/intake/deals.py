@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, mo
 
 from service.domain import STATUS_LABELS, CaseStudy, path_to
 from service.events.errors import StreamAlreadyExists
+from service.events.event import NewEvent
 from service.events.schemas import (
     DATA_SCHEMAS,
     Email,
@@ -31,7 +32,7 @@ from service.events.schemas import (
     error_list,
     is_valid_stream_id,
 )
-from service.events.store import EventStore, NewEvent
+from service.events.store import EventStore
 
 STREAM_PREFIX = "deal-"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from service.domain import CaseStudy, Readiness
-from service.events.store import Decided
+from service.events.event import Decided
 from service.links import Links
 
 CLOUDEVENT_TYPE_PREFIX = "com.casestudies.casestudy."

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, update
 
 from service import cursors
 from service.domain import CANDIDACY_EVENTS, CaseStudy, readiness
-from service.events.store import Decided
+from service.events.event import Decided
 from service.links import Links
 from service.notifications.messages import cloud_event, new_candidate_message, record_created_message
 from service.notifications.subscriptions import Subscription, Subscriptions

@@ -22,7 +22,7 @@ from service.domain.reporting import (
     StatusHistory,
     approver_times,
 )
-from service.events.store import StoredEvent
+from service.events.event import StoredEvent
 from service.projections.tables import (
     approver_times as approver_times_table,
 )

@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Engine, delete, except_, func, select, update
 from sqlalchemy.engine import make_url
 
 from service.events.db import is_sqlite, transaction
+from service.events.event import EVENT_COLUMNS, group_streams, stored_event
 from service.events.feed import Feed, Mark
-from service.events.store import EVENT_COLUMNS, group_streams, stored_event
 from service.events.tables import events
 from service.projections.checkpoints import Checkpoint, Checkpoints, ProjectionFailed
 from service.projections.projectors import EventNotProjected, Projector, Rows, choose, project

@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import DBAPIError
 
 from service.events.db import transaction
+from service.events.event import EVENT_COLUMNS, StoredEvent, stored_event
 from service.events.feed import Feed, Lag
-from service.events.store import EVENT_COLUMNS, StoredEvent, stored_event
 from service.events.tables import events
 from service.projections.checkpoints import Checkpoints, ProjectionFailed
 from service.projections.projectors import EventNotProjected, Projector, choose, project

@@ -11,7 +11,7 @@ import pytest
 
 from service.bootstrap import build
 from service.config import Settings
-from service.events.store import NewEvent
+from service.events.event import NewEvent
 from tests.e2e.test_served import BIN, cli
 from tests.factories import COMMITTED
 from tests.receiver import Receiver

@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 from service import migrations
 from service.cli import main as cli
 from service.events.chain import GENESIS, hash_of
-from service.events.store import EventStore, NewEvent
+from service.events.event import NewEvent
+from service.events.store import EventStore
 from tests.conftest import unique_id
 from tests.factories import COMMITTED
 

@@ -17,7 +17,8 @@ from service.events.errors import (
     StreamNotFound,
     VersionConflict,
 )
-from service.events.store import EventStore, NewEvent
+from service.events.event import NewEvent
+from service.events.store import EventStore
 from service.events.tables import events
 from tests.conftest import unique_id
 from tests.factories import COMMITTED, PATHS, VALID_DATA
@@ -283,10 +284,11 @@ def test_a_store_that_remembers_a_stale_state_still_decides_on_the_current_one(d
 def test_a_state_whose_commit_failed_is_never_decided_on(database, monkeypatch):
     from contextlib import contextmanager
 
-    from service.events import writes
+    from service.events import postgres, sqlite
+    from service.events.db import transaction as real_transaction
     from service.events.errors import DatabaseUnavailable
 
-    real_transaction = writes.transaction
+    backend = sqlite if database.backend == "sqlite" else postgres
 
     @contextmanager
     def commit_fails(engine, **kwargs):
@@ -300,10 +302,10 @@ def test_a_state_whose_commit_failed_is_never_decided_on(database, monkeypatch):
     stream = unique_id()
     store.append(stream, [NewEvent("committed", COMMITTED)], actor="t")
     store.append(stream, [NewEvent("started", {})], actor="t")
-    monkeypatch.setattr(writes, "transaction", commit_fails)
+    monkeypatch.setattr(backend, "transaction", commit_fails)
     with pytest.raises(DatabaseUnavailable):
         store.append(stream, [NewEvent("held", {"reason": "x"})], actor="t")
-    monkeypatch.setattr(writes, "transaction", real_transaction)
+    monkeypatch.setattr(backend, "transaction", real_transaction)
     assert store.record(stream).state == "in_progress"
     # another process takes version 3, so a write decided on the uncommitted on_hold v3 would match
     EventStore(database.engine).append(stream, [NewEvent("quote_added", VALID_DATA["quote_added"])], actor="t")

@@ -11,8 +11,9 @@ from sqlalchemy import insert
 
 from service.events.chain import GENESIS
 from service.events.db import transaction
+from service.events.event import NewEvent
 from service.events.feed import Feed, UnknownPosition
-from service.events.store import EventStore, NewEvent
+from service.events.store import EventStore
 from service.events.tables import events
 from service.times import utcnow
 from tests.conftest import settle, unique_id

@@ -18,7 +18,7 @@ from service import create_app
 from service.bootstrap import build, dispatcher
 from service.config import DeliverySettings, Settings
 from service.domain import GuardFailed
-from service.events.store import NewEvent
+from service.events.event import NewEvent
 from service.notifications.dispatcher import SIGNATURE_HEADER
 from service.notifications.subscriptions import SubscriptionError
 from service.notifications.tables import outbox, stuck_announcements, webhook_subscriptions

@@ -20,7 +20,7 @@ from service import create_app
 from service.api.openapi import undocumented_views
 from service.bootstrap import build
 from service.config import Settings
-from service.events.store import NewEvent
+from service.events.event import NewEvent
 from tests.conftest import BACKENDS, migrated_database
 from tests.factories import COMMITTED
 

@@ -37,9 +37,11 @@ from service.bootstrap import build
 from service.config import Settings
 from service.domain.reporting import BLOCKER_CODES
 from service.domain.stuck import STUCK_CODES
-from service.events.db import make_engine, transaction
+from service.events.backends import make_engine
+from service.events.db import transaction
+from service.events.event import NewEvent
 from service.events.feed import Feed, NotYetReadable
-from service.events.store import EventStore, NewEvent
+from service.events.store import EventStore
 from service.projections.checkpoints import ProjectionFailed
 from service.projections.projectors import Projector, projectors
 from service.projections.rebuild import ProjectionBusy

@@ -19,7 +19,7 @@ from service.domain.reporting import (
     quarter_of,
     summarise,
 )
-from service.events.store import StoredEvent
+from service.events.event import StoredEvent
 from tests.factories import COMMITTED
 
 T0 = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)

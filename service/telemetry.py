@@ -1,4 +1,5 @@
-"""What the event store counts, for /metrics: appends' latency and the events appended by type.
+"""What the service counts for /metrics: requests by route and status, appends' latency, and the
+events appended by type.
 
 The metrics are process-wide (prometheus_client's default registry). Under gunicorn, where
 each worker is a process, ``casestudies serve`` sets PROMETHEUS_MULTIPROC_DIR before the
@@ -13,3 +14,5 @@ APPEND_SECONDS = Histogram(
     "to the committed write (refused appends included).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 EVENTS_APPENDED = Counter("casestudies_events_appended", "Events stored, by event type.", ["type"])
+HTTP_REQUESTS = Counter("casestudies_http_requests", "HTTP requests answered, by route and status.",
+                        ["method", "route", "status"])
