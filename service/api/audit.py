@@ -12,16 +12,12 @@ from service.api.auth import requires
 from service.api.case_studies import checked_stream_id
 from service.api.openapi import describe
 from service.api.problems import Problem
-from service.audit.approvals import ApprovalRow
+from service.audit.approvals import ApprovalRow, took_days
 from service.domain import APPROVER_ROLES
 from service.domain.approvals import Round, Step
 from service.times import iso, utcnow
 
 bp = Blueprint("audit", __name__)
-
-ROW_COLUMNS = ["id", "account_id", "account_name", "csm", "round", "event", "roles", "approver", "comment",
-               "actor", "on_behalf_of", "occurred_at", "recorded_at", "took_days", "version", "event_id"]
-
 
 def _step(step: Step | None) -> dict | None:
     if step is None:
@@ -31,20 +27,16 @@ def _step(step: Step | None) -> dict | None:
             "recorded_at": iso(step.recorded_at)}
 
 
-def _days(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds / 86400, 2)
-
-
 def round_json(round_: Round, reference: datetime) -> dict:
     """One approval round: the request, each answer and how long it took, how the round ended."""
-    waiting = _days((reference - round_.requested.occurred_at).total_seconds())
+    waiting = took_days((reference - round_.requested.occurred_at).total_seconds())
     return {
         "round": round_.number,
         "approvers": round_.approvers,
         "draft_url": round_.draft_url,
         "requested": _step(round_.requested),
         "decisions": [{"role": d.role, "decision": d.decision, "approver": d.approver, "comment": d.comment,
-                       **_step(d.step), "took_days": _days(d.took_seconds)} for d in round_.decisions],
+                       **_step(d.step), "took_days": took_days(d.took_seconds)} for d in round_.decisions],
         "pending": [{"role": role, "waiting_days": waiting} for role in round_.pending()]
         if round_.outcome in ("open", "held") else [],
         "outcome": round_.outcome,
@@ -81,36 +73,6 @@ def verify(stream_id: str):
     return check.to_dict()
 
 
-def row_json(row: ApprovalRow) -> dict:
-    event = row.event
-    requested = event.type == "approval_requested"
-    return {
-        "id": event.stream_id,
-        "account": row.account,
-        "csm": row.csm,
-        "round": row.round_number,
-        "event": {"approval_requested": "requested", "approval_granted": "granted"}.get(event.type, event.type),
-        "roles": list(event.data["approvers"]) if requested else [event.data["role"]],
-        "approver": event.data.get("approver"),
-        "comment": event.data.get("comment"),
-        "draft_url": event.data.get("draft_url"),
-        "actor": event.actor,
-        "on_behalf_of": event.on_behalf_of,
-        "occurred_at": iso(event.occurred_at),
-        "recorded_at": iso(event.recorded_at),
-        "took_days": _days(row.took_seconds),
-        "version": event.version,
-        "event_id": event.event_id,
-    }
-
-
-def csv_cells(item: dict) -> list:
-    account = item["account"] or {}
-    return [item["id"], account.get("id"), account.get("name"), item["csm"], item["round"], item["event"],
-            " ".join(item["roles"]), item["approver"], item["comment"], item["actor"], item["on_behalf_of"],
-            item["occurred_at"], item["recorded_at"], item["took_days"], item["version"], item["event_id"]]
-
-
 @bp.get("/audit/approvals")
 @describe(responses={200: doc.Items}, csv=True, tag="audit")
 @requires(*AUDITORS)
@@ -127,14 +89,15 @@ def approvals_across_records(fmt, start, end, csm, role, limit: int, cursor):
         raise Problem(400, "invalid_parameter", "to must be later than from", parameter="to")
     filters = {"start": start, "end": end, "csm": csm, "role": role}
     rows, cursor = services().approvals.page(**filters, limit=limit, cursor=cursor)
-    items = [row_json(row) for row in rows]
+    items = [row.to_dict() for row in rows]
     next_url = None
     if cursor:
         given = {key: value for key, value in request.args.items()
                  if key in ("from", "to", "csm", "role", "format")}
         next_url = url_for("audit.approvals_across_records", **given, limit=limit, cursor=cursor)
     if as_csv:
-        response = params.csv_response(ROW_COLUMNS, (csv_cells(item) for item in items), "approvals.csv")
+        response = params.csv_response(ApprovalRow.CSV_COLUMNS, (ApprovalRow.csv_cells(item) for item in items),
+                                       "approvals.csv")
         if next_url:
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response

@@ -1,9 +1,7 @@
 """Query parameters and headers, parsed once with errors a client can act on."""
 from __future__ import annotations
 
-import csv
 import io
-import json
 import re
 from abc import ABC, abstractmethod
 from datetime import datetime
@@ -16,6 +14,7 @@ from pydantic import ValidationError
 from service.api.problems import Problem
 from service.domain import EVENT_TYPES
 from service.events.schemas import error_list
+from service.spreadsheets import write_csv
 from service.times import EARLIEST, FORMS, LATEST, parse_moment
 
 M = TypeVar("M")
@@ -100,22 +99,9 @@ def wants_csv(fmt: str | None) -> bool:
     return best == "text/csv"
 
 
-def csv_cell(value) -> str:
-    """A CSV cell; one a spreadsheet would run as a formula is kept as text."""
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, sort_keys=True)
-    value = str(value)
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def csv_response(header: Sequence[str], rows: Iterable[Sequence], filename: str) -> Response:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([csv_cell(value) for value in row])
+    write_csv(out, header, rows)
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

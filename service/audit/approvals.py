@@ -12,8 +12,14 @@ from service.domain.approvals import APPROVAL_EVENT_TYPES, Round, approval_round
 from service.events.event import EVENT_COLUMNS, StoredEvent, stored_event
 from service.events.store import EventStore
 from service.events.tables import UTCDateTime, case_studies, events
+from service.times import iso
 
 DECISION_TYPES = ("approval_requested", "approval_granted", "changes_requested")
+
+
+def took_days(seconds: float | None) -> float | None:
+    """Seconds as days, to two decimals."""
+    return None if seconds is None else round(seconds / 86400, 2)
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,40 @@ class ApprovalRow:
     account: dict | None
     round_number: int | None
     took_seconds: float | None
+
+    CSV_COLUMNS = ("id", "account_id", "account_name", "csm", "round", "event", "roles", "approver", "comment",
+                   "actor", "on_behalf_of", "occurred_at", "recorded_at", "took_days", "version", "event_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the API and the JSON lines export give it."""
+        event = self.event
+        requested = event.type == "approval_requested"
+        return {
+            "id": event.stream_id,
+            "account": self.account,
+            "csm": self.csm,
+            "round": self.round_number,
+            "event": {"approval_requested": "requested", "approval_granted": "granted"}.get(event.type, event.type),
+            "roles": list(event.data["approvers"]) if requested else [event.data["role"]],
+            "approver": event.data.get("approver"),
+            "comment": event.data.get("comment"),
+            "draft_url": event.data.get("draft_url"),
+            "actor": event.actor,
+            "on_behalf_of": event.on_behalf_of,
+            "occurred_at": iso(event.occurred_at),
+            "recorded_at": iso(event.recorded_at),
+            "took_days": took_days(self.took_seconds),
+            "version": event.version,
+            "event_id": event.event_id,
+        }
+
+    @staticmethod
+    def csv_cells(item: dict[str, Any]) -> list[Any]:
+        """The cells of CSV_COLUMNS for a row given as ``to_dict`` gives it."""
+        account = item["account"] or {}
+        return [item["id"], account.get("id"), account.get("name"), item["csm"], item["round"], item["event"],
+                " ".join(item["roles"]), item["approver"], item["comment"], item["actor"], item["on_behalf_of"],
+                item["occurred_at"], item["recorded_at"], item["took_days"], item["version"], item["event_id"]]
 
 
 class ApprovalHistory:
