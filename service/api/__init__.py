@@ -20,6 +20,7 @@ def register(app: Flask) -> None:
         feed,
         health,
         integrations,
+        machine,
         metrics,
         openapi,
         projections,
@@ -38,4 +39,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(reports.bp)
     app.register_blueprint(integrations.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(machine.bp)
     openapi.register(app)

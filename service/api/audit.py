@@ -55,21 +55,21 @@ def approvals(stream_id: str, as_of):
     checked_stream_id(stream_id)
     rounds = services().approvals.rounds(stream_id, as_of=as_of)
     if rounds is None:
-        raise Problem(404, "not_found", f"no case study with id {stream_id!r}"
+        raise Problem("not_found", f"no case study with id {stream_id!r}"
                       + (f" had been recorded by {as_of.isoformat()}" if as_of else ""), id=stream_id)
     reference = as_of or utcnow()
     return {"id": stream_id, "as_of": iso(as_of), "rounds": [round_json(r, reference) for r in rounds]}
 
 
 @bp.get("/case-studies/<stream_id>/verify")
-@describe(responses={200: doc.ChainCheck}, errors=("invalid_event", "not_found"), tag="audit")
+@describe(responses={200: doc.ChainVerdict}, errors=("invalid_event", "not_found"), tag="audit")
 @requires(*AUDITORS)
 def verify(stream_id: str):
     """Recompute the record's hash chain: "intact" with the head hash, or the first broken link."""
     checked_stream_id(stream_id)
     check = services().verification.verify(stream_id)
     if check is None:
-        raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)
+        raise Problem("not_found", f"no case study with id {stream_id!r}", id=stream_id)
     return check.to_dict()
 
 
@@ -86,7 +86,7 @@ def approvals_across_records(fmt, start, end, csm, role, limit: int, cursor):
     """Approval requests and answers in a period across records, oldest first, paginated; CSV too."""
     as_csv = params.wants_csv(fmt)
     if start is not None and end is not None and end <= start:
-        raise Problem(400, "invalid_parameter", "to must be later than from", parameter="to")
+        raise Problem("invalid_parameter", "to must be later than from", parameter="to")
     filters = {"start": start, "end": end, "csm": csm, "role": role}
     rows, cursor = services().approvals.page(**filters, limit=limit, cursor=cursor)
     items = [row.to_dict() for row in rows]

@@ -15,10 +15,10 @@ def _principal():
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+        raise Problem("unauthorized", "send an API key as 'Authorization: Bearer <key>'")
     principal = services().keys.authenticate(key.strip())
     if principal is None:
-        raise Problem(401, "unauthorized", "the API key is unknown or has been revoked")
+        raise Problem("unauthorized", "the API key is unknown or has been revoked")
     return principal
 
 
@@ -32,7 +32,7 @@ def requires(*roles: str) -> Callable:
             g.principal = principal
             structlog.contextvars.bind_contextvars(key=principal.name)
             if principal.role not in roles:
-                raise Problem(403, "forbidden",
+                raise Problem("forbidden",
                               f"role {principal.role} may not do this; it needs one of: {', '.join(roles)}",
                               role=principal.role, allowed_roles=list(roles))
             return view(*args, **kwargs)

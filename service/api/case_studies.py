@@ -28,13 +28,13 @@ EVENTS_PAGE = 1000
 def checked_stream_id(stream_id: str) -> str:
     """``stream_id`` if it has the allowed form; otherwise a 422 naming the id."""
     if not is_valid_stream_id(stream_id):
-        raise Problem(422, "invalid_event", "the id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        raise Problem("invalid_event", "the id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
                       errors=[{"field": "id", "message": "must match [A-Za-z0-9._:-]{1,128}"}])
     return stream_id
 
 
 def _invalid(field: str, message: str) -> Problem:
-    return Problem(422, "invalid_event", f"{field}: {message}", errors=[{"field": field, "message": message}])
+    return Problem("invalid_event", f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
 def _expected_version(body_value: int | None) -> int | None:
@@ -68,8 +68,8 @@ def _etag(version: int) -> str:
 
 
 @bp.post("/case-studies/<stream_id>/events")
-@describe(responses={201: Body(doc.AppendResult, description="stored"),
-                     200: Body(doc.AppendResult, description="a retry of stored events: the original result")},
+@describe(responses={201: Body(doc.Appended, description="stored"),
+                     200: Body(doc.Appended, description="a retry of stored events: the original result")},
           body=EVENT_BODY,
           errors=("invalid_event", "not_found", "already_exists", "version_conflict", "idempotency_conflict",
                   "transition_not_allowed", "guard_failed", "stream_corrupt"),
@@ -131,7 +131,7 @@ def get_record(stream_id: str, as_of):
     if record is None:
         detail = f"no case study with id {stream_id!r}" + (f" had been recorded by {as_of.isoformat()}"
                                                             if as_of else "")
-        raise Problem(404, "not_found", detail, id=stream_id)
+        raise Problem("not_found", detail, id=stream_id)
     etag = _etag(record.version)
     if not as_of and request.if_none_match.contains_weak(str(record.version)):
         return Response(status=304, headers={"ETag": etag})
@@ -152,7 +152,7 @@ def get_events(stream_id: str, from_version: int, limit: int):
     store = services().store
     events = store.load(stream_id, from_version=from_version, limit=limit + 1)
     if not events and (from_version == 1 or store.record(stream_id) is None):
-        raise Problem(404, "not_found", f"no case study with id {stream_id!r}", id=stream_id)
+        raise Problem("not_found", f"no case study with id {stream_id!r}", id=stream_id)
     more = len(events) > limit
     events = events[:limit]
     next_url = (url_for("case_studies.get_events", stream_id=stream_id,

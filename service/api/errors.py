@@ -34,47 +34,48 @@ def to_problem(error: Exception) -> Problem:
         case TransitionNotAllowed() | GuardFailed():
             code = "transition_not_allowed" if isinstance(error, TransitionNotAllowed) else "guard_failed"
             batch = {"event_index": error.event_index} if hasattr(error, "event_index") else {}
-            return Problem(409, code, error.reason, current_status=error.current_status,
+            return Problem(code, error.reason, current_status=error.current_status,
                            allowed_events=error.allowed_events, reason=error.reason,
                            event_type=error.event_type, **batch)
         case StreamNotFound():
-            return Problem(404, "not_found", str(error), id=error.stream_id)
+            return Problem("not_found", str(error), id=error.stream_id)
         case StreamAlreadyExists():
-            return Problem(409, "already_exists", str(error), id=error.stream_id,
+            return Problem("already_exists", str(error), id=error.stream_id,
                            current_version=error.version)
         case VersionConflict():
-            return Problem(409, "version_conflict", str(error), id=error.stream_id,
+            return Problem("version_conflict", str(error), id=error.stream_id,
                            expected_version=error.expected, current_version=error.actual)
         case IdempotencyConflict():
-            return Problem(409, "idempotency_conflict", str(error), event_id=error.event_id)
+            return Problem("idempotency_conflict", str(error), event_id=error.event_id)
         case InvalidDeal():
-            return Problem(422, "invalid_deal", str(error), errors=error.errors)
+            return Problem("invalid_deal", str(error), errors=error.errors)
         case DealConflict():
-            return Problem(409, "already_exists", str(error), id=error.stream_id)
+            return Problem("already_exists", str(error), id=error.stream_id)
         case InvalidEvent():
-            return Problem(422, "invalid_event", str(error), errors=error.errors)
+            return Problem("invalid_event", str(error), errors=error.errors)
         case NotJson():
-            return Problem(415, "unsupported_media_type", f"the body is not valid JSON: {error}")
+            return Problem("unsupported_media_type", f"the body is not valid JSON: {error}")
         case BadCursor():
-            return Problem(400, "invalid_parameter", str(error), parameter="cursor")
+            return Problem("invalid_parameter", str(error), parameter="cursor")
         case StreamCorrupt():
             log.error("stream_corrupt", detail=str(error))
-            return Problem(500, "stream_corrupt", "a stored stream could not be replayed; "
+            return Problem("stream_corrupt", "a stored stream could not be replayed; "
                            "an operator has been told", request_id=_request_id())
         case OperationalError() | DatabaseUnavailable():
             log.error("database_unavailable", error=str(error).splitlines()[0][:200] if str(error) else None)
-            return Problem(503, "database_unavailable", "the database cannot be reached; try again")
+            return Problem("database_unavailable", "the database cannot be reached; try again")
         case HTTPException():
-            code = _HTTP_CODES.get(error.code or 500, "bad_request")
+            status = error.code or 500
+            code = _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
             detail = error.description or error.name
             if error.code == 413:
                 detail = "the request body is larger than the 64 KiB limit"
-            problem = Problem(error.code or 500, code, detail)
+            problem = Problem(code, detail)
             if error.code == 405 and getattr(error, "valid_methods", None):
                 problem.headers["Allow"] = ", ".join(error.valid_methods)
             return problem
     log.exception("unhandled_error")
-    return Problem(500, "internal_error", "something went wrong on our side; the request id "
+    return Problem("internal_error", "something went wrong on our side; the request id "
                    "identifies it in our logs", request_id=_request_id())
 
 

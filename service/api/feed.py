@@ -17,7 +17,7 @@ MAX_LIMIT = 1000
 
 
 @bp.get("/events")
-@describe(responses={200: doc.FeedPage}, errors=("unknown_position", "position_not_readable"))
+@describe(responses={200: doc.FeedEventsPage}, errors=("unknown_position", "position_not_readable"))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.Number("after", "the position to continue from (next_after of the page before; 0 at first)",
                               default=0, low=0, high=9_999_999_999),
@@ -28,10 +28,10 @@ def feed(after: int, limit: int, types):
     try:
         page = services().feed.read(after=after, limit=limit, types=types)
     except UnknownPosition as error:
-        raise Problem(400, "unknown_position", f"{error}: pass 0 or a position this feed handed out",
+        raise Problem("unknown_position", f"{error}: pass 0 or a position this feed handed out",
                       parameter="after") from None
     except NotYetReadable as error:
-        raise Problem(400, "position_not_readable", f"{error}; pass a position this feed handed out",
+        raise Problem("position_not_readable", f"{error}; pass a position this feed handed out",
                       parameter="after") from None
     return {"after": after, "count": len(page.events), "events": [e.to_dict() for e in page.events],
             "next_after": page.next_after, "head": page.head.to_dict()}

@@ -28,8 +28,8 @@ def readyz():
     try:
         current = migrations.current_revision(services().engine)
     except SQLAlchemyError:
-        raise Problem(503, "not_ready", "the database cannot be reached") from None
+        raise Problem("not_ready", "the database cannot be reached") from None
     if current != head:
-        raise Problem(503, "not_ready", f"the database is at revision {current}, the code needs {head}; "
+        raise Problem("not_ready", f"the database is at revision {current}, the code needs {head}; "
                       "run `casestudies db upgrade`", database_revision=current, code_revision=head)
     return {"status": "ready", "revision": current}

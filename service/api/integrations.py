@@ -50,7 +50,7 @@ class WebhookRequest(BaseModel):
 
 
 @bp.get("/webhooks")
-@describe(responses={200: doc.Subscriptions})
+@describe(responses={200: doc.WebhookSubscriptions})
 @requires(*ADMINS)
 @params.accepts(params.OneOf("include_removed", "true: also removed subscriptions", ("true", "false")))
 def list_webhooks(include_removed):
@@ -60,7 +60,7 @@ def list_webhooks(include_removed):
 
 
 @bp.post("/webhooks")
-@describe(responses={201: doc.NewSubscription}, body=WebhookRequest, errors=("invalid_request",))
+@describe(responses={201: doc.NewWebhookSubscription}, body=WebhookRequest, errors=("invalid_request",))
 @requires(*ADMINS)
 def add_webhook():
     """Subscribe a URL to event types; the secret is shown in this answer only."""
@@ -68,30 +68,30 @@ def add_webhook():
     try:
         subscription, secret = services().subscriptions.add(wanted.url, wanted.types, wanted.secret)
     except SubscriptionError as error:
-        raise Problem(422, "invalid_request", str(error), errors=[{"field": "", "message": str(error)}]) from None
+        raise Problem("invalid_request", str(error), errors=[{"field": "", "message": str(error)}]) from None
     return {**subscription.to_dict(), "secret": secret}, 201, {"Location": url_for("integrations.get_webhook", subscription_id=subscription.id)}
 
 
 @bp.get("/webhooks/<int:subscription_id>")
-@describe(responses={200: doc.Subscription}, errors=("not_found",))
+@describe(responses={200: doc.WebhookSubscription}, errors=("not_found",))
 @requires(*ADMINS)
 def get_webhook(subscription_id: int):
     """One subscription."""
     subscription = services().subscriptions.get(subscription_id)
     if subscription is None:
-        raise Problem(404, "not_found", f"no webhook subscription {subscription_id}")
+        raise Problem("not_found", f"no webhook subscription {subscription_id}")
     return subscription.to_dict()
 
 
 @bp.delete("/webhooks/<int:subscription_id>")
-@describe(responses={200: doc.Subscription}, errors=("not_found",))
+@describe(responses={200: doc.WebhookSubscription}, errors=("not_found",))
 @requires(*ADMINS)
 def remove_webhook(subscription_id: int):
     """Stop delivering to a subscription; its undelivered messages become dead."""
     try:
         return services().subscriptions.remove(subscription_id).to_dict()
     except SubscriptionError as error:
-        raise Problem(404, "not_found", str(error)) from None
+        raise Problem("not_found", str(error)) from None
 
 
 # -- the outbox ------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def list_notifications(status, destination, limit: int, cursor):
 def _message(message_id: int):
     found = services().outbox.get(message_id)
     if found is None:
-        raise Problem(404, "not_found", f"no notification {message_id}")
+        raise Problem("not_found", f"no notification {message_id}")
     return found
 
 
@@ -138,6 +138,6 @@ def retry_notification(message_id: int):
     """Queue a dead message again, with its attempts reset."""
     found = _message(message_id)
     if not services().outbox.retry(message_id=message_id):
-        raise Problem(409, "not_dead", f"notification {message_id} is {found.status}; only dead ones are retried",
+        raise Problem("not_dead", f"notification {message_id} is {found.status}; only dead ones are retried",
                       status_now=found.status)
     return _message(message_id).to_dict()

@@ -15,8 +15,8 @@ from flask import Blueprint, Flask, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, TypeAdapter
 
-from service.api.problems import STATUS_OF, TITLES
-from service.api.responses import Problem
+from service.api.problems import PROBLEMS
+from service.api.responses import ProblemDetails
 from service.events.schemas import STREAM_ID_PATTERN
 from service.notifications.outbox import MAX_MESSAGE_ID
 from service.notifications.subscriptions import MAX_SUBSCRIPTION_ID
@@ -74,8 +74,8 @@ class _Schemas:
 
 
 def _problem_response(codes: list[str], schemas: _Schemas) -> dict:
-    problem = schemas.of(Problem)
-    description = "; ".join(f"`{code}`: {TITLES.get(code, code)}" for code in codes)
+    problem = schemas.of(ProblemDetails)
+    description = "; ".join(f"`{code}`: {PROBLEMS[code][1]}" for code in codes)
     return {"description": description, "content": {PROBLEM_JSON: {"schema": {
         "allOf": [problem, {"properties": {"code": {"enum": codes}}}]}}}}
 
@@ -116,7 +116,7 @@ def _operation(rule, method: str, view: Callable, schemas: _Schemas) -> dict:
         responses[str(status)] = {"description": answers[0].description or _status_text(status), "content": content}
     by_status: dict[int, list[str]] = {}
     for code in dict.fromkeys(codes):
-        by_status.setdefault(STATUS_OF[code], []).append(code)
+        by_status.setdefault(PROBLEMS[code][0], []).append(code)
     for status, grouped in sorted(by_status.items()):
         responses[str(status)] = _problem_response(grouped, schemas)
     operation = {"operationId": rule.endpoint, "summary": summary, "tags": [meta["tag"] or rule.endpoint.split(".")[0]],
@@ -180,11 +180,3 @@ def openapi_json():
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "casestudies"}))
-
-
-def _assert_codes_known() -> None:
-    unknown = set(STATUS_OF) ^ set(TITLES)
-    assert not unknown, f"codes without a status or a title: {unknown}"
-
-
-_assert_codes_known()

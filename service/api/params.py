@@ -29,14 +29,14 @@ def as_of(name: str = "as_of", *, date_is_start: bool = False) -> datetime | Non
         return parse_moment(raw, date_is_start=date_is_start)
     except ValueError:
         hint = " (send + in an offset as %2B)" if re.search(r" \d{2}:?\d{2}$", raw) else ""
-        raise Problem(400, "invalid_parameter", f"{name} must be {FORMS}{hint}", parameter=name) from None
+        raise Problem("invalid_parameter", f"{name} must be {FORMS}{hint}", parameter=name) from None
 
 
 def json_body(what: str) -> bytes:
     """The request body, which must be sent as JSON (else 415), refused with 413 past the limit
     whether or not it has a Content-Length."""
     if not request.is_json:
-        raise Problem(415, "unsupported_media_type", f"send {what} as JSON (Content-Type: application/json)")
+        raise Problem("unsupported_media_type", f"send {what} as JSON (Content-Type: application/json)")
     body = request.get_data(cache=False)  # Werkzeug refuses a declared Content-Length over the limit
     if request.content_length is None:
         request.stream.read(1)  # a chunked body stops at the limit; reading past it raises 413
@@ -50,7 +50,7 @@ def json_model(model: type[M], what: str) -> M:
     except ValidationError as exc:
         errors = error_list(exc)
         first = errors[0]
-        raise Problem(422, "invalid_request", f"{first['field']}: {first['message']}" if first["field"]
+        raise Problem("invalid_request", f"{first['field']}: {first['message']}" if first["field"]
                       else first["message"], errors=errors) from None
 
 
@@ -63,7 +63,7 @@ def bounded_int(name: str, default: int, low: int, high: int) -> int:
         return default
     value = int(raw) if re.fullmatch(r"[0-9]{1,10}", raw) else None
     if value is None or not low <= value <= high:
-        raise Problem(400, "invalid_parameter", f"{name} must be a whole number from {low} to {high}",
+        raise Problem("invalid_parameter", f"{name} must be a whole number from {low} to {high}",
                       parameter=name)
     return value
 
@@ -73,7 +73,7 @@ def choice(name: str, allowed: Sequence[str]) -> str | None:
     if raw is None or raw == "":
         return None
     if raw not in allowed:
-        raise Problem(400, "invalid_parameter", f"{name} must be one of: {', '.join(allowed)}",
+        raise Problem("invalid_parameter", f"{name} must be one of: {', '.join(allowed)}",
                       parameter=name)
     return raw
 
@@ -83,10 +83,10 @@ def text(name: str, max_length: int = 200) -> str | None:
     if raw is None or raw == "":
         return None
     if len(raw) > max_length:
-        raise Problem(400, "invalid_parameter", f"{name} is longer than {max_length} characters",
+        raise Problem("invalid_parameter", f"{name} is longer than {max_length} characters",
                       parameter=name)
     if _CONTROL.search(raw):
-        raise Problem(400, "invalid_parameter", f"{name} must not contain control characters",
+        raise Problem("invalid_parameter", f"{name} must not contain control characters",
                       parameter=name)
     return raw
 
@@ -189,7 +189,7 @@ class EventTypes(Query):
         types = [t for raw in request.args.getlist(self.name) for t in raw.split(",") if t]
         unknown = [t for t in types if t not in EVENT_TYPES]
         if unknown:
-            raise Problem(400, "invalid_parameter", f"{self.name} must be event types ({', '.join(EVENT_TYPES)}); "
+            raise Problem("invalid_parameter", f"{self.name} must be event types ({', '.join(EVENT_TYPES)}); "
                           f"unknown: {', '.join(unknown[:5])}"[:500], parameter=self.name)
         return types or None
 

@@ -12,8 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from service.domain import STATUS_LABELS
+from service.intake.deals import COMMITMENTS, DECISIONS
+from service.notifications.outbox import DESTINATIONS, STATUSES
 
-Status = Literal[tuple(STATUS_LABELS)]  # type: ignore[valid-type]
+StatusName = Literal[tuple(STATUS_LABELS)]  # type: ignore[valid-type]
 Json = dict[str, Any]
 
 
@@ -21,7 +23,7 @@ class _Answer(BaseModel):
     model_config = ConfigDict(extra="allow")  # answers may grow fields; clients ignore unknown ones
 
 
-class Problem(_Answer):
+class ProblemDetails(_Answer):
     """RFC 9457 problem details with a stable ``code`` (and the facts named in the README)."""
 
     type: str
@@ -38,14 +40,14 @@ class AppendedEvent(_Answer):
     type: str
 
 
-class AppendResult(_Answer):
+class Appended(_Answer):
     """The stored event (the last one, for a batch); ``events`` lists a batch's events."""
 
     id: str
     version: int
     position: int
     event_id: str
-    status: Status
+    status: StatusName
     events: list[AppendedEvent] | None = None
 
 
@@ -53,7 +55,7 @@ class Record(_Answer):
     """A record's current state (see the README for each field)."""
 
     id: str
-    status: Status
+    status: StatusName
     status_label: str
     version: int
     account: Json | None
@@ -77,7 +79,7 @@ class RecordPage(_Answer):
     next: str | None
 
 
-class StoredEvent(_Answer):
+class StreamEvent(_Answer):
     position: int
     event_id: str
     stream_id: str
@@ -96,21 +98,21 @@ class StoredEvent(_Answer):
 
 class EventsPage(_Answer):
     id: str
-    events: list[StoredEvent]
+    events: list[StreamEvent]
     next: str | None
 
 
-class Mark(_Answer):
+class FeedMark(_Answer):
     position: int
     recorded_at: str | None
 
 
-class FeedPage(_Answer):
+class FeedEventsPage(_Answer):
     after: int
     count: int
-    events: list[StoredEvent]
+    events: list[StreamEvent]
     next_after: int
-    head: Mark
+    head: FeedMark
 
 
 class ProjectionRead(_Answer):
@@ -140,7 +142,7 @@ class CycleTimes(_Answer):
 
 
 class ProjectorStatus(_Answer):
-    head: Mark
+    head: FeedMark
     held_back: Json
     projectors: list[Json]
 
@@ -155,9 +157,18 @@ class Approvals(_Answer):
     rounds: list[Json]
 
 
-class ChainCheck(_Answer):
+class ChainVerdict(_Answer):
     id: str
     status: Literal["intact", "broken"]
+
+
+class Machine(_Answer):
+    """The life cycle: statuses, events with their transitions and guards, and a Mermaid diagram."""
+
+    initial: str
+    statuses: list[Json]
+    events: list[Json]
+    mermaid: str
 
 
 class Health(_Answer):
@@ -167,18 +178,18 @@ class Health(_Answer):
 class DealDecision(_Answer):
     """What became of a deal: ``created`` (201), ``exists`` or ``not_created`` (200)."""
 
-    decision: Literal["created", "exists", "not_created"]
+    decision: Literal[DECISIONS]  # type: ignore[valid-type]
     deal_id: str
-    case_study_commitment: Literal["accepted", "declined", "not_discussed"]
+    case_study_commitment: Literal[COMMITMENTS]  # type: ignore[valid-type]
     id: str | None
     reason: str
-    status: Status | None = None
+    status: StatusName | None = None
     status_label: str | None = None
     version: int | None = None
     url: str | None = None
 
 
-class Subscription(_Answer):
+class WebhookSubscription(_Answer):
     id: int
     url: str
     types: list[str]
@@ -187,22 +198,22 @@ class Subscription(_Answer):
     removed_at: str | None
 
 
-class NewSubscription(Subscription):
+class NewWebhookSubscription(WebhookSubscription):
     secret: str  # only in the answer that made it
 
 
-class Subscriptions(_Answer):
-    items: list[Subscription]
+class WebhookSubscriptions(_Answer):
+    items: list[WebhookSubscription]
 
 
 class Notification(_Answer):
     id: int
-    destination: Literal["slack", "webhook"]
+    destination: Literal[DESTINATIONS]  # type: ignore[valid-type]
     subscription_id: int | None
     kind: str
     stream_id: str | None
     event_id: str | None
-    status: Literal["pending", "sent", "dead"]
+    status: Literal[STATUSES]  # type: ignore[valid-type]
     attempts: int
     next_attempt_at: str | None
     created_at: str

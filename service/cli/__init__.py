@@ -11,6 +11,7 @@ from service.cli.audit import audit
 from service.cli.db import db
 from service.cli.imports import import_
 from service.cli.keys import keys
+from service.cli.machine import machine
 from service.cli.notifications import notifications
 from service.cli.projections import projections
 from service.cli.reports import report
@@ -23,5 +24,5 @@ def main() -> None:
     """Case study pipeline service. Settings come from the environment (see the README)."""
 
 
-for command in (serve, db, keys, audit, projections, import_, notifications, webhooks, report):
+for command in (serve, db, keys, audit, projections, import_, notifications, webhooks, report, machine):
     main.add_command(command)

@@ -5,7 +5,6 @@ same function gives the refusal its reason.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from service.domain.model import STATUS_LABELS, CaseStudy
@@ -13,12 +12,15 @@ from service.domain.model import STATUS_LABELS, CaseStudy
 Reason = Callable[[CaseStudy, Mapping[str, Any]], "str | None"]
 
 
-@dataclass(frozen=True)
 class Guard:
-    """A named guard usable as a ``transitions`` condition (the machine sends EventData)."""
+    """A guard usable as a ``transitions`` condition (the machine sends EventData): its ``rule`` in
+    words, and the function that says why an event breaks it. ``__name__`` names it in the
+    machine's drawing and in ``GET /machine``."""
 
-    name: str
-    reason: Reason
+    def __init__(self, name: str, rule: str, reason: Reason):
+        self.__name__ = name
+        self.rule = rule
+        self.reason = reason
 
     def __call__(self, event_data: Any) -> bool:
         return self.reason(event_data.model, event_data.kwargs["data"]) is None
@@ -61,12 +63,13 @@ def _held_from(status: str) -> Reason:
     return reason
 
 
-APPROVAL_GRANTED = Guard("role_pending", _role_pending("grant approval"))
-CHANGES_REQUESTED = Guard("role_pending", _role_pending("request changes"))
-ALL_GRANTED = Guard("all_approvers_granted", _all_granted)
-DIFFERENT_CSM = Guard("csm_differs", _different_csm)
+_ROLE_PENDING = "the role was asked in this round and has not answered"
+APPROVAL_GRANTED = Guard("role_pending", _ROLE_PENDING, _role_pending("grant approval"))
+CHANGES_REQUESTED = Guard("role_pending", _ROLE_PENDING, _role_pending("request changes"))
+ALL_GRANTED = Guard("all_approvers_granted", "every approver asked in this round has granted", _all_granted)
+DIFFERENT_CSM = Guard("csm_differs", "the new CSM is not the current one", _different_csm)
 
 
 def held_from(status: str) -> Guard:
     """The guard of the ``resumed`` transition back to ``status``."""
-    return Guard(f"held_from_{status}", _held_from(status))
+    return Guard(f"held_from_{status}", f"the record was held from {STATUS_LABELS[status]}", _held_from(status))

@@ -6,6 +6,7 @@ and no per-record ``Machine`` is ever built.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, Mapping
 
 from transitions import Machine, MachineError
@@ -86,6 +87,38 @@ def path_to(status: str) -> list[str]:
     if status not in paths:
         raise ValueError(f"no events lead to {status}")
     return paths[status]
+
+
+def table() -> list[dict[str, Any]]:
+    """The machine's table as data, one row per transition in the order declared: the event, the
+    statuses it may come from, where it leads (None: the status stays) and the guards it passes."""
+    return [{"event": event_type, "from": list(sources), "to": dest,
+             "guards": [{"name": guard.__name__, "rule": guard.rule} for guard in conditions]}
+            for event_type, sources, dest, conditions in _rows()]
+
+
+def _rows() -> Iterator[tuple[str, list[str], str | None, list[guards.Guard]]]:
+    for spec in TRANSITIONS:
+        sources = spec["source"] if isinstance(spec["source"], list) else [spec["source"]]
+        yield spec["trigger"], sources, spec["dest"], list(spec.get("conditions", ()))
+
+
+@lru_cache(maxsize=len(Status) + 1)
+def mermaid(current: str | None = None) -> str:
+    """The machine drawn by ``transitions`` as a Mermaid state diagram, ``current`` highlighted."""
+    from transitions.extensions import GraphMachine
+
+    model = _Drawn()
+    drawing = GraphMachine(model=model, states=[status.value for status in Status], initial=NEW,
+                           transitions=TRANSITIONS, auto_transitions=False, graph_engine="mermaid",
+                           show_conditions=True, title="Case study life cycle")
+    drawing.set_state(current or NEW, model)
+    diagram = model.get_graph(force_new=True).draw(None)
+    return diagram if current else diagram.replace(f"Class {NEW} s_active", f"Class {NEW} s_default")
+
+
+class _Drawn:
+    """The one model the drawing machine needs; records are never registered with a machine."""
 
 
 def _describe(status: str) -> str:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from service.domain import APPROVER_ROLES, EVENT_TYPES
+from service.domain.machine import table
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -198,6 +199,29 @@ class _Envelope(BaseModel):
         return value
 
 
+def data_fields(model: type[BaseModel]) -> str:
+    """An event data schema's fields in short: required ones plain, optional ones in *italics*,
+    nested objects with their fields in braces (``account {id, name}``)."""
+    parts = []
+    for name, info in model.model_fields.items():
+        nested = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) \
+            else None
+        text = f"`{name}`" + (f" {{{data_fields(nested).replace('`', '')}}}" if nested else "")
+        parts.append(text if info.is_required() else f"*{text}*")
+    return ", ".join(parts)
+
+
+def transitions_of(event_type: str) -> str:
+    """Where an event may happen and where it leads, from the machine's table, in words."""
+    moves = []
+    for row in table():
+        if row["event"] == event_type:
+            leads = f" → {row['to']}" if row["to"] else " (the status stays)"
+            guards = "; ".join(guard["rule"] for guard in row["guards"])
+            moves.append(f"{', '.join(row['from'])}{leads}" + (f", when {guards}" if guards else ""))
+    return "; ".join(moves)
+
+
 def _request_model(event_type: str, data_model: type[_Data]) -> type[_Envelope]:
     no_data = data_model is NoData
     return type(
@@ -207,6 +231,7 @@ def _request_model(event_type: str, data_model: type[_Data]) -> type[_Envelope]:
             "__annotations__": {"type": Literal[event_type], "data": data_model},
             "data": Field(default_factory=NoData) if no_data else Field(),
             "__module__": __name__,
+            "__doc__": f"`{event_type}`: allowed in {transitions_of(event_type)}.",
         },
     )
 

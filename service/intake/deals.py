@@ -35,6 +35,8 @@ from service.events.schemas import (
 from service.events.store import EventStore
 
 STREAM_PREFIX = "deal-"
+COMMITMENTS = ("accepted", "declined", "not_discussed")  # what a deal says of a case study
+DECISIONS = ("created", "exists", "not_created")  # what became of it here
 
 
 def as_token(value: Any) -> Any:
@@ -101,7 +103,7 @@ class Deal(BaseModel):
 
     # Both required; checked in parse_deal, so that a blank one is reported as missing.
     deal_id: Annotated[Name | None, BeforeValidator(_deal_id)] = None
-    case_study_commitment: Annotated[Literal["accepted", "declined", "not_discussed"] | None,
+    case_study_commitment: Annotated[Literal[COMMITMENTS] | None,  # type: ignore[valid-type]
                                      BeforeValidator(as_token)] = None
     account_id: Name | None = None
     account_name: Name | None = None
