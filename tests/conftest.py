@@ -157,7 +157,7 @@ def settle(feed, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with transaction(feed.engine, isolation="REPEATABLE READ", write=False) as conn:
-            if feed.lag(conn, feed.head_in(conn).position).events == 0:
+            if feed.lag(conn, feed.head(conn).position).events == 0:
                 return
         assert time.monotonic() < deadline, "an open transaction on the server held the feed back"
         time.sleep(0.02)

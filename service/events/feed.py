@@ -97,17 +97,22 @@ class Feed:
         if types:
             query = query.where(events.c.type.in_(list(types)))
         page = [stored_event(row) for row in conn.execute(query)]
-        head = self._head(conn)
+        head = self.head(conn)
         if len(page) == limit:
             next_after = page[-1].position
         else:  # everything readable was scanned: continue from the high-water mark
             next_after = head.position if head.position else after
         return FeedPage(page, next_after, head)
 
-    def head(self) -> Mark:
-        """The high-water mark: the last event a follower may read now."""
-        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            return self._head(conn)
+    def head(self, conn: Connection | None = None) -> Mark:
+        """The high-water mark: the last event a follower may read now (in the snapshot of ``conn``'s
+        transaction, when given)."""
+        if conn is None:
+            with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
+                return self.head(conn)
+        row = conn.execute(select(events.c.position, events.c.recorded_at).where(self.readable())
+                           .order_by(events.c.tx.desc(), events.c.position.desc()).limit(1)).first()
+        return Mark(row.position, row.recorded_at) if row else Mark(0, None)
 
     def lag(self, conn: Connection, after: int) -> Lag:
         """How many committed events come after position ``after`` (whether the feed hands them out
@@ -166,12 +171,3 @@ class Feed:
         """The condition an event must meet to come at or before position ``position`` in the feed."""
         column, cursor = self._key(self._cursor(conn, position))
         return column <= cursor
-
-    def head_in(self, conn: Connection) -> Mark:
-        """``head`` in the snapshot of ``conn``'s transaction."""
-        return self._head(conn)
-
-    def _head(self, conn: Connection) -> Mark:
-        row = conn.execute(select(events.c.position, events.c.recorded_at).where(self.readable())
-                           .order_by(events.c.tx.desc(), events.c.position.desc()).limit(1)).first()
-        return Mark(row.position, row.recorded_at) if row else Mark(0, None)

@@ -199,7 +199,7 @@ class Rebuilder:
             buffered = 0
 
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as reader:
-            mark = self.feed.head_in(reader) if upto is None else Mark(upto, None)  # verify reports its own
+            mark = self.feed.head(reader) if upto is None else Mark(upto, None)  # verify reports its own
             condition = self.feed.readable() if upto is None else self.feed.until(reader, upto)
             if total is not None:
                 total(reader.execute(select(func.count()).select_from(events).where(condition)).scalar_one())

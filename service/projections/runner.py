@@ -145,7 +145,7 @@ class ProjectionRunner:
 
     def _advance(self, name: str) -> int:
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            at_start = self.checkpoints.get(conn, name).position == 0 and self.feed.head_in(conn).position > 0
+            at_start = self.checkpoints.get(conn, name).position == 0 and self.feed.head(conn).position > 0
         if at_start:
             self.rebuilder.rebuild([name])
             return 1
@@ -156,7 +156,7 @@ class ProjectionRunner:
         now = self.clock()
         out = []
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            head = self.feed.head_in(conn)
+            head = self.feed.head(conn)
             held_back = 0
             for name, projector in self.projectors.items():
                 checkpoint = self.checkpoints.get(conn, name)
