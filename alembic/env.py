@@ -1,10 +1,12 @@
-"""Alembic environment: runs migrations on the engine the service would use."""
+"""Alembic environment: runs migrations on the engine the service would use, and compares the
+migrated schema with the tables the code declares (``alembic check``)."""
 from __future__ import annotations
 
 from alembic import context
 
 from service.config import Settings
 from service.events.backends import make_engine
+from service.migrations import metadata
 
 config = context.config
 
@@ -25,7 +27,7 @@ def run_migrations_online() -> None:
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=None, render_as_batch=True,
+    context.configure(connection=connection, target_metadata=metadata(), render_as_batch=True,
                       transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
