@@ -18,13 +18,14 @@ def create_app(settings: Settings | None = None, services: "Services | None" = N
     # anything imports prometheus_client (through the store), and it imports this package first.
     from service.api import register
     from service.api.jsonprovider import OrjsonProvider
+    from service.api.params import MAX_BODY_BYTES
     from service.bootstrap import build
 
     settings = settings or (services.settings if services else Settings.from_env())
     configure_logging(settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["casestudies"] = services or build(settings)
     register(app)
     return app

@@ -46,11 +46,11 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
     links = Links(settings.public_base_url)
     subscriptions = Subscriptions(engine, cache_seconds=settings.webhook_cache_seconds)
     # The outbox takes part in every append: its messages are written in the append's transaction.
-    planner = OutboxPlanner(subscriptions, slack=settings.notify.slack_webhook_url is not None, links=links,
-                            kpi_threshold_pct=settings.candidate_kpi_pct)
+    planner = OutboxPlanner(subscriptions, slack=settings.slack_webhook_url is not None, links=links,
+                            kpi_threshold_pct=settings.candidate_kpi_improvement_pct)
     store = EventStore(engine, cache_size=settings.state_cache_size, participant=planner)
     feed = Feed(engine)
-    runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_pct))
+    runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_improvement_pct))
     return Services(
         settings=settings,
         engine=engine,
@@ -74,4 +74,4 @@ def dispatcher(services: Services):
     from service.notifications.dispatcher import Dispatcher
 
     return Dispatcher(services.engine, services.subscriptions, services.stuck, services.settings.notify,
-                      links=services.links)
+                      slack_webhook_url=services.settings.slack_webhook_url, links=services.links)

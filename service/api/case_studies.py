@@ -135,7 +135,7 @@ def get_record(stream_id: str, as_of):
     etag = _etag(record.version)
     if not as_of and request.if_none_match.contains_weak(str(record.version)):
         return Response(status=304, headers={"ETag": etag})
-    body = record_json(record, services().settings.candidate_kpi_pct)
+    body = record_json(record, services().settings.candidate_kpi_improvement_pct)
     if as_of:
         body["as_of"] = as_of.isoformat()
     return body, 200, {"ETag": etag}
@@ -171,7 +171,7 @@ def list_records(status, csm, account, limit: int, cursor):
     """Records from the state table, filtered and paginated with an opaque cursor."""
     filters = {"status": status, "csm": csm, "account": account}
     page = services().records.page(**filters, limit=limit, cursor=cursor)
-    threshold = services().settings.candidate_kpi_pct
+    threshold = services().settings.candidate_kpi_improvement_pct
     next_url = None
     if page.next_cursor:
         given = {name: value for name, value in filters.items() if value is not None}

@@ -6,6 +6,7 @@ from flask import Flask, g, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from service.api.params import MAX_BODY_BYTES
 from service.api.problems import Problem
 from service.cursors import BadCursor
 from service.domain import GuardFailed, StreamCorrupt, TransitionNotAllowed
@@ -69,7 +70,7 @@ def to_problem(error: Exception) -> Problem:
             code = _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
             detail = error.description or error.name
             if error.code == 413:
-                detail = "the request body is larger than the 64 KiB limit"
+                detail = f"the request body is larger than the {MAX_BODY_BYTES // 1024} KiB limit"
             problem = Problem(code, detail)
             if error.code == 405 and getattr(error, "valid_methods", None):
                 problem.headers["Allow"] = ", ".join(error.valid_methods)

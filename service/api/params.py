@@ -18,6 +18,7 @@ from service.spreadsheets import write_csv
 from service.times import EARLIEST, FORMS, LATEST, parse_moment
 
 M = TypeVar("M")
+MAX_BODY_BYTES = 64 * 1024  # a request body's limit, refused with 413 before it is parsed
 
 
 def as_of(name: str = "as_of", *, date_is_start: bool = False) -> datetime | None:

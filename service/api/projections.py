@@ -123,7 +123,7 @@ def candidates(fmt, since, csm):
     if as_csv:
         return _csv(answer, CANDIDATE_COLUMNS, ([i[c] for c in CANDIDATE_COLUMNS] for i in items),
                     "candidates.csv")
-    return {"kpi_improvement_threshold_pct": services().settings.candidate_kpi_pct, "count": len(items),
+    return {"kpi_improvement_threshold_pct": services().settings.candidate_kpi_improvement_pct, "count": len(items),
             "items": items, "projection": answer.projection()}
 
 

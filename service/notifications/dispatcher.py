@@ -104,12 +104,13 @@ class Dispatcher:
     """Claims, sends and marks outbox messages; scans for newly stuck records."""
 
     def __init__(self, engine: Engine, subscriptions: Subscriptions, stuck: StuckList,
-                 settings: DeliverySettings, *, links: Links, clock: Callable[[], datetime] = utcnow,
-                 client: httpx.Client | None = None):
+                 settings: DeliverySettings, *, slack_webhook_url: str | None, links: Links,
+                 clock: Callable[[], datetime] = utcnow, client: httpx.Client | None = None):
         self.engine = engine
         self.subscriptions = subscriptions
         self.stuck = stuck
         self.settings = settings
+        self._slack_webhook_url = slack_webhook_url  # a secret: kept out of reprs and logs
         self.links = links  # for the links in stuck announcements
         self.clock = clock
         self.client = client or httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
@@ -159,9 +160,9 @@ class Dispatcher:
     def send(self, item: Message) -> Attempt:
         """One attempt at delivering ``item`` (no retries here)."""
         if item.destination == "slack":
-            if not self.settings.slack_webhook_url:
+            if not self._slack_webhook_url:
                 return Attempt(False, None, "SLACK_WEBHOOK_URL is not set for the dispatcher")
-            return self._post(self.settings.slack_webhook_url, orjson.dumps(item.payload),
+            return self._post(self._slack_webhook_url, orjson.dumps(item.payload),
                               {"Content-Type": "application/json"})
         subscription = self.subscriptions.get(item.subscription_id) if item.subscription_id else None
         if subscription is None or subscription.removed_at is not None:
@@ -238,7 +239,7 @@ class Dispatcher:
     # -- stuck records ----------------------------------------------------------------------
     def scan_stuck(self) -> int:
         """Announce, in one Slack message, every stuck finding not announced before; how many."""
-        if not self.settings.slack_webhook_url:
+        if not self._slack_webhook_url:
             return 0
         now = self.clock()
         rows = self.stuck.find(as_of=now, now=now)

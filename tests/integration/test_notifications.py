@@ -58,8 +58,8 @@ class Clock:
 def wire(db: Database, slack_url: str | None = None, **delivery):
     delivery = {"backoff_seconds": 10, "timeout_seconds": 2, "lease_seconds": 30, **delivery}
     services = build(Settings(database_url=db.url, log_format="json", webhook_cache_seconds=0,
-                              public_base_url="https://cs.example.com",
-                              notify=DeliverySettings(slack_webhook_url=slack_url, **delivery)),
+                              public_base_url="https://cs.example.com", slack_webhook_url=slack_url,
+                              notify=DeliverySettings(**delivery)),
                      engine=db.engine)
     clock = Clock()
     sender = dispatcher(services)

@@ -31,7 +31,30 @@ def test_the_slack_url_is_a_secret_kept_out_of_reprs():
 
     url = "https://hooks.slack.com/services/T000/B000/SECRETSECRET"
     settings = Settings.from_env({"SLACK_WEBHOOK_URL": url, "DATABASE_URL": "sqlite://"})
-    assert settings.notify.slack_webhook_url == url and "SECRETSECRET" not in repr(settings)
+    assert settings.slack_webhook_url == url and "SECRETSECRET" not in repr(settings)
     sender = dispatcher(build(settings))
-    assert "SECRETSECRET" not in repr(sender.settings)
+    assert "SECRETSECRET" not in repr(sender.settings) and "SECRETSECRET" not in repr(sender)
     sender.client.close()
+
+
+def test_each_setting_is_read_from_its_variable_and_groups_from_theirs():
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://db/cs", "LOG_LEVEL": "WARNING", "DB_POOL_SIZE": "9",
+                                  "CANDIDATE_KPI_IMPROVEMENT_PCT": "12.5", "STUCK_NOT_STARTED_DAYS": "3",
+                                  "NOTIFY_MAX_ATTEMPTS": "4", "NOTIFY_STUCK_SCAN_SECONDS": "0"})
+    assert (settings.database_url, settings.log_level, settings.db_pool_size) == ("postgresql://db/cs", "warning", 9)
+    assert settings.candidate_kpi_improvement_pct == 12.5
+    assert settings.stuck.not_started_days == 3 and settings.stuck.no_activity_days == 21  # the rest stay default
+    assert settings.notify.max_attempts == 4 and settings.notify.stuck_scan_seconds == 0
+
+
+def test_empty_variables_count_as_unset_and_a_refusal_names_the_variable():
+    assert Settings.from_env({"STUCK_NOT_STARTED_DAYS": "", "PORT": ""}) == Settings()
+    with pytest.raises(SettingsError, match="STUCK_NO_ACTIVITY_DAYS: "):
+        Settings.from_env({"STUCK_NO_ACTIVITY_DAYS": "three weeks"})
+
+
+def test_settings_made_in_code_read_nothing_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LOG_LEVEL", "error")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://elsewhere/db")
+    assert Settings().log_level == "info" and Settings().database_url == "sqlite:///var/casestudies.db"
+    assert Settings.from_env().log_level == "error"
