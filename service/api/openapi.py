@@ -80,30 +80,56 @@ def _problem_response(codes: list[str], schemas: _Schemas) -> dict:
         "allOf": [problem, {"properties": {"code": {"enum": codes}}}]}}}}
 
 
-def _operation(rule, method: str, view: Callable, schemas: _Schemas) -> dict:
+def _operation(rule, view: Callable, schemas: _Schemas) -> dict:
+    """One operation: its summary, parameters, request body, answers and errors, from the view."""
     meta = view.openapi
     roles = getattr(view, "roles", None)
-    queries = getattr(view, "query_params", ())
     doc = (view.__doc__ or "").strip().replace("``", "`")  # docstrings' literals, as Markdown
     summary, _, rest = doc.partition("\n")
     description = rest.strip()
     if roles:
         description = (description + "\n\n" if description else "") + f"Roles: {', '.join(roles)}."
+    operation = {"operationId": rule.endpoint, "summary": summary, "tags": [meta["tag"] or rule.endpoint.split(".")[0]],
+                 "parameters": _parameters(rule, view),
+                 "responses": {**_answers(meta, schemas), **_problems(_error_codes(view), schemas)},
+                 "security": [{"bearer": []}] if roles else []}
+    if description:
+        operation["description"] = description
+    if roles:
+        operation["x-roles"] = list(roles)
+    if meta["body"] is not None:
+        operation["requestBody"] = {"required": True, "content": {meta["body_media_type"]: {
+            "schema": schemas.of(meta["body"], mode="validation")}}}
+    return operation
+
+
+def _parameters(rule, view: Callable) -> list[dict]:
+    """Path parameters from the URL rule, query parameters as the view declares them, request headers."""
     parameters = []
     for converter, name in _RULE_ARGUMENT.findall(rule.rule):
         schema = PATH_SCHEMAS.get(name, {"type": "integer"} if converter == "int" else {"type": "string"})
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
-    parameters += [query.openapi() for query in queries]
+    parameters += [query.openapi() for query in getattr(view, "query_params", ())]
     parameters += [{"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
-                   for name, text in meta["headers"]]
+                   for name, text in view.openapi["headers"]]
+    return parameters
+
+
+def _error_codes(view: Callable) -> list[str]:
+    """The problem codes a view may answer: its own, and those its roles, parameters and body bring."""
+    meta = view.openapi
     codes = list(meta["errors"])
-    if roles:
+    if getattr(view, "roles", None):
         codes += ["unauthorized", "forbidden"]
-    if queries:
+    if getattr(view, "query_params", ()):
         codes.append("invalid_parameter")
     if meta["body"] is not None:
         codes += ["payload_too_large", "unsupported_media_type"]
-    codes += ALWAYS
+    return list(dict.fromkeys(codes + list(ALWAYS)))
+
+
+def _answers(meta: dict, schemas: _Schemas) -> dict[str, Any]:
+    """The successful answers, by status, with each media type's schema."""
     responses: dict[str, Any] = {}
     for status, answer in meta["responses"].items():
         if answer is None:
@@ -114,22 +140,15 @@ def _operation(rule, method: str, view: Callable, schemas: _Schemas) -> dict:
         if meta["csv"] and status == 200:
             content[CSV] = {"schema": {"type": "string"}}
         responses[str(status)] = {"description": answers[0].description or _status_text(status), "content": content}
+    return responses
+
+
+def _problems(codes: list[str], schemas: _Schemas) -> dict[str, Any]:
+    """The problem answers, one per HTTP status, naming the codes each may carry."""
     by_status: dict[int, list[str]] = {}
-    for code in dict.fromkeys(codes):
+    for code in codes:
         by_status.setdefault(PROBLEMS[code][0], []).append(code)
-    for status, grouped in sorted(by_status.items()):
-        responses[str(status)] = _problem_response(grouped, schemas)
-    operation = {"operationId": rule.endpoint, "summary": summary, "tags": [meta["tag"] or rule.endpoint.split(".")[0]],
-                 "parameters": parameters, "responses": responses,
-                 "security": [{"bearer": []}] if roles else []}
-    if description:
-        operation["description"] = description
-    if roles:
-        operation["x-roles"] = list(roles)
-    if meta["body"] is not None:
-        operation["requestBody"] = {"required": True, "content": {meta["body_media_type"]: {
-            "schema": schemas.of(meta["body"], mode="validation")}}}
-    return operation
+    return {str(status): _problem_response(grouped, schemas) for status, grouped in sorted(by_status.items())}
 
 
 def _status_text(status: int) -> str:
@@ -153,7 +172,7 @@ def build(app: Flask) -> dict:
             continue
         path = _RULE_ARGUMENT.sub(lambda m: "{" + m.group(2) + "}", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(rule, method, view, schemas)
+            paths.setdefault(path, {})[method.lower()] = _operation(rule, view, schemas)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "casestudies", "version": "1",
