@@ -1,4 +1,7 @@
-"""Dependencies point inward: api -> events -> domain, and the domain imports no infrastructure."""
+"""Dependencies point one way: api and cli on top; bootstrap wires; the capability packages in the
+middle; the event store below them; the domain at the bottom. Every import of every module under
+service/ (inside functions too) is held against the table below, so one that points the wrong way
+fails here with its file and line."""
 from __future__ import annotations
 
 import ast
@@ -8,23 +11,111 @@ import pytest
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 
+LEAVES = {"service.times", "service.cursors", "service.links", "service.logs", "service.telemetry",
+          "service.spreadsheets"}
 
-def imports_of(package: str) -> set[tuple[str, str]]:
-    found = set()
-    for path in (SERVICE / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {(path.name, alias.name) for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                found.add((path.name, node.module))
+# What each part of the service may import from the service (besides itself). A part is a package
+# or a top-level module; the leaves import nothing of the service.
+MAY_IMPORT: dict[str, set[str]] = {
+    **{leaf: set() for leaf in LEAVES},
+    "service.domain": set(),
+    "service.config": {"service.domain"},
+    "service.events": {"service.domain", "service.times", "service.telemetry"},
+    "service.access": {"service.events", "service.times"},
+    "service.audit": {"service.domain", "service.events", "service.times", "service.cursors"},
+    "service.intake": {"service.domain", "service.events"},
+    "service.projections": {"service.domain", "service.events", "service.times", "service.cursors"},
+    "service.notifications": {"service.domain", "service.events", "service.projections", "service.config",
+                              "service.links", "service.times", "service.cursors"},
+    "service.reports": {"service.domain", "service.projections"},
+    "service.migrations": {"service.events", "service.access", "service.notifications", "service.projections"},
+    "service.bootstrap": {"service.config", "service.events", "service.access", "service.audit",
+                          "service.projections", "service.notifications", "service.links"},
+    "service.api": {"service.bootstrap", "service.config", "service.domain", "service.events", "service.access",
+                    "service.audit", "service.intake", "service.projections", "service.notifications",
+                    "service.reports", "service.migrations", *LEAVES},
+    "service.cli": {"service.bootstrap", "service.config", "service.domain", "service.events", "service.access",
+                    "service.audit", "service.intake", "service.projections", "service.notifications",
+                    "service.reports", "service.migrations", "service.api", "service.wsgi", "service.logs",
+                    "service.times", "service.spreadsheets"},
+    "service.wsgi": {"service", "service.config", "service.logs"},
+    "service": {"service.api", "service.bootstrap", "service.config", "service.logs"},  # create_app
+}
+
+# Libraries a part may not use at all: the domain is pure, and only the HTTP layer knows Flask.
+NEVER: dict[str, tuple[str, ...]] = {
+    "service.domain": ("flask", "sqlalchemy", "psycopg", "alembic", "structlog", "werkzeug"),
+    **{part: ("flask", "werkzeug") for part in MAY_IMPORT
+       if part not in ("service.api", "service.cli", "service", "service.wsgi", "service.domain")},
+}
+
+
+def part_of(module: str) -> str:
+    """The part a module belongs to: its package under service/, or the top-level module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(SERVICE.parent).with_suffix("")
+    names = list(relative.parts)
+    return ".".join(names[:-1] if names[-1] == "__init__" else names)
+
+
+def imports(source: str) -> list[tuple[int, str]]:
+    """(line, module) for every import in a module's source, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "service":
+            # "from service import migrations" imports a part; "from service import create_app" the package
+            found += [(node.lineno, f"service.{alias.name}" if _is_part(alias.name) else "service")
+                      for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
     return found
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [
-    ("domain", ("flask", "sqlalchemy", "psycopg", "alembic", "structlog", "service.events", "service.api",
-                "service.config")),
-    ("events", ("flask", "service.api")),
+def _is_part(name: str) -> bool:
+    return (SERVICE / name).is_dir() or (SERVICE / f"{name}.py").is_file()
+
+
+def wrong_way(module: str, source: str) -> list[str]:
+    """The imports in ``source`` that the part ``module`` belongs to may not make."""
+    here = part_of(module)
+    allowed, never = MAY_IMPORT[here], NEVER.get(here, ())
+    problems = []
+    for line, imported in imports(source):
+        if imported == "service" or imported.startswith("service."):
+            target = part_of(imported)
+            if target != here and target not in allowed:
+                problems.append(f"{module}:{line} imports {imported}")
+        elif imported.split(".")[0] in never:
+            problems.append(f"{module}:{line} uses {imported}")
+    return problems
+
+
+MODULES = {module_name(path): path for path in sorted(SERVICE.rglob("*.py"))}
+
+
+def test_every_part_of_the_service_is_in_the_table():
+    assert {part_of(module) for module in MODULES} == set(MAY_IMPORT)
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_imports_point_down_only(module):
+    assert wrong_way(module, MODULES[module].read_text()) == []
+
+
+@pytest.mark.parametrize(("module", "line", "problem"), [
+    ("service.events.store", "from service.notifications import outbox", "imports service.notifications"),
+    ("service.domain.machine", "import sqlalchemy", "uses sqlalchemy"),
+    ("service.projections.queries", "def f():\n    from service.api import params", "imports service.api"),
+    ("service.notifications.outbox", "from flask import request", "uses flask"),
+    ("service.reports.weekly", "from service import bootstrap", "imports service.bootstrap"),
 ])
-def test_a_layer_does_not_import_outer_layers(package, forbidden):
-    leaks = {(f, m) for f, m in imports_of(package) if m.split(".")[0] in forbidden or m.startswith(forbidden)}
-    assert leaks == set()
+def test_the_check_catches_an_import_that_points_the_wrong_way(module, line, problem):
+    source = MODULES[module].read_text() + "\n" + line + "\n"
+    [found] = wrong_way(module, source)
+    assert found.startswith(f"{module}:") and found.endswith(problem)
