@@ -58,3 +58,31 @@ def test_settings_made_in_code_read_nothing_from_the_environment(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://elsewhere/db")
     assert Settings().log_level == "info" and Settings().database_url == "sqlite:///var/casestudies.db"
     assert Settings.from_env().log_level == "error"
+
+
+def variables() -> dict[str, object]:
+    """Every environment variable the settings read, with its default."""
+    from dataclasses import fields, is_dataclass
+
+    defaults = Settings()
+    found: dict[str, object] = {}
+    for name in Settings.model_fields:
+        value = getattr(defaults, name)
+        if is_dataclass(value):
+            found.update({f"{name}_{f.name}".upper(): getattr(value, f.name) for f in fields(value)})
+        else:
+            found[name.upper()] = value
+    return found
+
+
+def test_the_readme_names_every_setting_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for variable, default in variables().items():
+        assert f"`{variable}`" in readme, variable
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{variable}` |")]
+        if rows and variable != "PUBLIC_BASE_URL":  # its default is PORT's
+            shown = rows[0].split("|")[2].strip().strip("`")
+            assert shown == ("unset" if default is None else f"{default:g}" if isinstance(default, float)
+                             else str(default)), variable
