@@ -10,6 +10,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -59,7 +60,7 @@ class Database:
     engine: Engine
 
 
-def _fresh_postgres(server_url: str) -> str:
+def _create_postgres(server_url: str) -> str:
     name = f"casestudies_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -77,44 +78,58 @@ def _drop_postgres(server_url: str, url: str) -> None:
 
 
 @contextmanager
-def migrated_database(request, tmp_path_factory, name: str, pool_size: int = 5) -> Iterator[Database]:
-    """A new migrated database of the backend ``request`` is parametrised with, dropped afterwards."""
-    if request.param == "sqlite":
-        url, server = f"sqlite:///{tmp_path_factory.mktemp(name) / 'test.db'}", None
+def new_database(request, backend: str, folder: Path, *, migrated: bool = True,
+                 pool_size: int = 5) -> Iterator[Database]:
+    """A database of its own on ``backend`` (an SQLite file in ``folder``, or a new PostgreSQL
+    database on the test server), migrated unless asked not to, dropped afterwards."""
+    if backend == "sqlite":
+        url, server = f"sqlite:///{folder / 'test.db'}", None
     else:
         server = request.getfixturevalue("postgres_server")
-        url = _fresh_postgres(server)
+        url = _create_postgres(server)
     engine = make_engine(url, pool_size=pool_size)
-    migrations.upgrade(engine)
     try:
-        yield Database(request.param, url, engine)
+        if migrated:
+            migrations.upgrade(engine)
+        yield Database(backend, url, engine)
     finally:
         engine.dispose()
         if server:
             _drop_postgres(server, url)
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def database(request, tmp_path_factory) -> Iterator[Database]:
-    """A migrated database per backend, shared by the session (tests use unique stream ids)."""
-    with migrated_database(request, tmp_path_factory, "sqlite", pool_size=20) as db:
+@contextmanager
+def migrated_database(request, tmp_path_factory, name: str, pool_size: int = 5) -> Iterator[Database]:
+    """A new migrated database of the backend ``request`` is parametrised with (for module fixtures)."""
+    with new_database(request, request.param, tmp_path_factory.mktemp(name), pool_size=pool_size) as db:
         yield db
+
+
+@pytest.fixture(scope="session")
+def sqlite_database(request, tmp_path_factory) -> Iterator[Database]:
+    """A migrated SQLite database shared by the session (tests use unique stream ids)."""
+    with new_database(request, "sqlite", tmp_path_factory.mktemp("sqlite"), pool_size=20) as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def postgres_database(request, tmp_path_factory) -> Iterator[Database]:
+    """A migrated PostgreSQL database shared by the session (tests use unique stream ids)."""
+    with new_database(request, "postgres", tmp_path_factory.mktemp("postgres"), pool_size=20) as db:
+        yield db
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database(request) -> Database:
+    """The session's database of each backend in turn: a test that takes it runs on both."""
+    return request.getfixturevalue(f"{request.param}_database")
 
 
 @pytest.fixture
 def fresh_database(request, tmp_path) -> Iterator[Database]:
     """An empty, unmigrated database of the backend the test is parametrised with."""
-    backend = request.param
-    if backend == "sqlite":
-        url, server = f"sqlite:///{tmp_path / 'fresh.db'}", None
-    else:
-        server = request.getfixturevalue("postgres_server")
-        url = _fresh_postgres(server)
-    engine = make_engine(url)
-    yield Database(backend, url, engine)
-    engine.dispose()
-    if server:
-        _drop_postgres(server, url)
+    with new_database(request, request.param, tmp_path, migrated=False) as db:
+        yield db
 
 
 @pytest.fixture(scope="session")
@@ -161,3 +176,20 @@ def settle(feed, timeout: float = 15.0) -> None:
                 return
         assert time.monotonic() < deadline, "an open transaction on the server held the feed back"
         time.sleep(0.02)
+
+
+# -- the HTTP contract's helpers ---------------------------------------------------------------
+def auth(key: str) -> dict[str, str]:
+    """The header that presents ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def problem(response, status: int, code: str) -> dict:
+    """The problem+json body of ``response``, after checking it is the problem expected."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["code"] == code and body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_served import cli
+from tests.e2e.conftest import cli
 
 EXPORT = (
     "\ufeffDeal ID;Account ID;Account Name;Owner;Close Date;Use Case;Champion Name;Champion Title;"

@@ -12,7 +12,7 @@ import pytest
 from service.bootstrap import build
 from service.config import Settings
 from service.events.event import NewEvent
-from tests.e2e.test_served import BIN, cli
+from tests.e2e.conftest import BIN, cli
 from tests.factories import COMMITTED
 from tests.receiver import Receiver
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.test_served import call
+from tests.e2e.conftest import call
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -8,12 +8,8 @@ import uuid
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import unique_id
+from tests.conftest import auth, problem, unique_id
 from tests.factories import COMMITTED, PATHS, VALID_DATA
-
-
-def auth(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def post(client, key, stream, body, **headers):
@@ -26,16 +22,6 @@ def make(client, key, status: str, **committed) -> str:
         data = {**data, **committed} if event_type == "committed" else data
         assert post(client, key, stream, {"type": event_type, "data": data}).status_code == 201
     return stream
-
-
-def problem(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json()
-    assert body["code"] == code and body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body
 
 
 # -- the whole path ------------------------------------------------------------------------

@@ -21,19 +21,8 @@ from service.cli import main as cli
 from service.events.chain import GENESIS, hash_of
 from service.events.event import NewEvent
 from service.events.store import EventStore
-from tests.conftest import unique_id
+from tests.conftest import auth, problem, unique_id
 from tests.factories import COMMITTED
-
-
-def auth(key):
-    return {"Authorization": f"Bearer {key}"}
-
-
-def problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.get_json()["code"] == code
-    return response.get_json()
-
 
 ROUNDS = [
     ("committed", COMMITTED, "2026-10-01T09:00:00Z"),

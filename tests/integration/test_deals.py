@@ -5,8 +5,7 @@ import threading
 
 import pytest
 
-from tests.conftest import unique_id
-from tests.integration.test_api import auth, problem
+from tests.conftest import auth, problem, unique_id
 
 DEAL = {
     "account_id": "0015g00000Acme", "account_name": "Acme Air", "owner": "Dana Whitfield",

@@ -16,7 +16,7 @@ from service.events.feed import Feed, UnknownPosition
 from service.events.store import EventStore
 from service.events.tables import events
 from service.times import utcnow
-from tests.conftest import settle, unique_id
+from tests.conftest import auth, settle, unique_id
 from tests.factories import COMMITTED
 
 
@@ -115,20 +115,16 @@ def test_continuing_from_a_position_no_event_has_is_refused(services):
         feed.read(after=feed.head().position + 1_000_000)
 
 
-def _auth(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def test_get_events_pages_the_feed_with_the_position_to_continue_from(client, keys, services):
     start = services.feed.head().position
     stream = unique_id("http-feed")
     services.store.append(stream, [NewEvent("committed", COMMITTED), NewEvent("started", {})], actor="tests")
     settle(services.feed)
-    first = client.get("/events", query_string={"after": start, "limit": 1}, headers=_auth(keys["reader"])).get_json()
+    first = client.get("/events", query_string={"after": start, "limit": 1}, headers=auth(keys["reader"])).get_json()
     assert first["count"] == 1 and first["events"][0]["stream_id"] == stream
     assert first["events"][0]["type"] == "committed" and first["next_after"] == first["events"][0]["position"]
     rest = client.get("/events", query_string={"after": first["next_after"], "type": "started,committed"},
-                      headers=_auth(keys["auditor"])).get_json()
+                      headers=auth(keys["auditor"])).get_json()
     assert [(e["stream_id"], e["version"]) for e in rest["events"]] == [(stream, 2)]
     assert rest["next_after"] == rest["head"]["position"] == rest["events"][-1]["position"]
     assert set(rest["events"][0]) >= {"position", "event_id", "stream_id", "version", "type", "data", "actor",
@@ -140,7 +136,7 @@ def test_get_events_pages_the_feed_with_the_position_to_continue_from(client, ke
     ({"limit": 1001}, "invalid_parameter"), ({"type": "exploded"}, "invalid_parameter"),
     ({"after": 9_999_999_999}, "unknown_position")])
 def test_bad_feed_parameters_are_400_with_a_code(client, keys, query, code):
-    answer = client.get("/events", query_string=query, headers=_auth(keys["reader"]))
+    answer = client.get("/events", query_string=query, headers=auth(keys["reader"]))
     assert answer.status_code == 400 and answer.mimetype == "application/problem+json"
     assert answer.get_json()["code"] == code
 
@@ -150,9 +146,9 @@ def test_projection_status_lists_every_projector_with_checkpoint_lag_and_error(c
     services.runner.catch_up()
     services.store.append(unique_id("lag"), [NewEvent("committed", COMMITTED)], actor="tests")
     settle(services.feed)
-    answer = client.get("/projections/status", headers=_auth(keys["reader"])).get_json()
+    answer = client.get("/projections/status", headers=auth(keys["reader"])).get_json()
     assert [p["name"] for p in answer["projectors"]] == ["pipeline", "blockers", "cycle_times", "candidates"]
     assert all(p["lag_events"] == 1 and p["failing"] is False for p in answer["projectors"])
     assert answer["head"]["position"] == services.feed.head().position
-    as_csv = client.get("/projections/status", query_string={"format": "csv"}, headers=_auth(keys["reader"]))
+    as_csv = client.get("/projections/status", query_string={"format": "csv"}, headers=auth(keys["reader"]))
     assert as_csv.mimetype == "text/csv" and as_csv.get_data(as_text=True).count("\r\n") == 5

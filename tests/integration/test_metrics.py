@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import settle, unique_id
+from tests.conftest import auth, settle, unique_id
 from tests.factories import COMMITTED
-from tests.integration.test_api import auth
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:

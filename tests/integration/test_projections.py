@@ -37,7 +37,6 @@ from service.bootstrap import build
 from service.config import Settings
 from service.domain.reporting import BLOCKER_CODES
 from service.domain.stuck import STUCK_CODES
-from service.events.backends import make_engine
 from service.events.db import transaction
 from service.events.event import NewEvent
 from service.events.feed import Feed, NotYetReadable
@@ -48,7 +47,7 @@ from service.projections.rebuild import ProjectionBusy
 from service.projections.runner import ProjectionRunner
 from service.projections.tables import blockers, pipeline_records, projection_checkpoints
 from service.reports.weekly import to_html, to_markdown, weekly_report
-from tests.conftest import _drop_postgres, _fresh_postgres, settle
+from tests.conftest import BACKENDS, auth, new_database, settle
 
 AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)
 RECORDED = datetime(2026, 11, 20, 10, tzinfo=UTC)  # the fixture is recorded before AS_OF
@@ -97,30 +96,20 @@ PIPELINE: dict[str, list[tuple[str, dict, datetime]]] = {
 }
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def world(request, tmp_path_factory):
     """A fresh database per backend holding only the fixture pipeline, projected."""
-    server = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('projections') / 'p.db'}"
-    else:
-        server = request.getfixturevalue("postgres_server")
-        url = _fresh_postgres(server)
-    engine = make_engine(url, pool_size=10)
-    migrations.upgrade(engine)
-    services = build(Settings(database_url=url, log_format="json"), engine=engine)
-    store = EventStore(engine, clock=lambda: RECORDED)
-    for stream_id, steps in PIPELINE.items():
-        store.append(stream_id, [NewEvent(t, d, occurred_at=at) for t, d, at in steps], actor="fixture")
-    settle(services.feed)
-    services.runner.catch_up()
-    reader = services.keys.create(f"reader-{request.param}", "reader")
-    writer = services.keys.create(f"writer-{request.param}", "writer")
-    client = create_app(services=services).test_client()
-    yield services, client, {"Authorization": f"Bearer {reader}"}, {"Authorization": f"Bearer {writer}"}
-    engine.dispose()
-    if server:
-        _drop_postgres(server, url)
+    with new_database(request, request.param, tmp_path_factory.mktemp("projections"), pool_size=10) as db:
+        services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        store = EventStore(db.engine, clock=lambda: RECORDED)
+        for stream_id, steps in PIPELINE.items():
+            store.append(stream_id, [NewEvent(t, d, occurred_at=at) for t, d, at in steps], actor="fixture")
+        settle(services.feed)
+        services.runner.catch_up()
+        reader = services.keys.create(f"reader-{request.param}", "reader")
+        writer = services.keys.create(f"writer-{request.param}", "writer")
+        client = create_app(services=services).test_client()
+        yield services, client, auth(reader), auth(writer)
 
 
 def get(world, path: str, **query):
@@ -276,24 +265,12 @@ def test_the_weekly_report_is_served_as_json_markdown_and_html(world):
 
 
 # -- keeping projections: checkpoints, restarts, rebuild, verify ------------------------------
-def _fresh_world(backend: str, request, tmp_path):
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'p.db'}", None
-    server = request.getfixturevalue("postgres_server")
-    return _fresh_postgres(server), server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def empty(request, tmp_path):
     """A fresh migrated database with nothing projected, and a store that records at RECORDED."""
-    url, server = _fresh_world(request.param, request, tmp_path)
-    engine = make_engine(url, pool_size=10)
-    migrations.upgrade(engine)
-    services = build(Settings(database_url=url, log_format="json"), engine=engine)
-    yield services, EventStore(engine, clock=lambda: RECORDED)
-    engine.dispose()
-    if server:
-        _drop_postgres(server, url)
+    with new_database(request, request.param, tmp_path, pool_size=10) as db:
+        services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        yield services, EventStore(db.engine, clock=lambda: RECORDED)
 
 
 def load(store: EventStore, names=None) -> None:
