@@ -1,4 +1,9 @@
-"""HTTP API: thin blueprints, one error handler, request logging."""
+"""HTTP API: thin blueprints, request parsing, problem+json in one error handler, auth by API key,
+request logging, the OpenAPI document and /metrics.
+
+The top of the house: may import any part below it (bootstrap, config, the capability packages,
+the event store, the domain and the shared leaves), never the CLI.
+"""
 from __future__ import annotations
 
 from flask import Flask, current_app

@@ -1,6 +1,7 @@
-"""The case study model: statuses, events, guards, the shared state machine and pure replay.
+"""The case study model: statuses, events, guards, the shared state machine and pure replay;
+readiness, the stuck rules and the folds reporting asks of a record's history.
 
-Nothing here imports Flask, SQLAlchemy or psycopg.
+The bottom of the house: it imports nothing else of the service, and no Flask or database library.
 """
 from service.domain.errors import DomainError, GuardFailed, StreamCorrupt, TransitionNotAllowed
 from service.domain.machine import allowed_events, apply, path_to, replay

@@ -3,5 +3,5 @@
 
 The outbox's planner takes part in every append through the event store's one seam (wired in
 bootstrap.py). May import: service.domain, service.events, service.projections (the dispatcher
-announces stuck records), service.links and service.times.
+announces stuck records), service.config (the delivery settings), and the shared leaves.
 """

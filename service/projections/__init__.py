@@ -5,5 +5,5 @@ rows; the runner follows the feed with a checkpoint per projector; rebuild and v
 the whole store into a generation readers do not see. The record list and the stuck list read
 the state table, the projection the store keeps in each append's own write.
 
-May import: service.domain and service.events.
+May import: service.domain, service.events, and the shared leaves (times, cursors).
 """

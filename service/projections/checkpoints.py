@@ -42,10 +42,6 @@ class ProjectionFailed(Exception):
         self.name, self.position, self.stream_id = name, failure.event.position, failure.event.stream_id
 
 
-class ProjectionBusy(Exception):
-    """Another rebuild or verify of the projector is running."""
-
-
 
 def _new_checkpoint(name: str) -> Checkpoint:
     return Checkpoint(name, 1, 0, None, None, False, None, None, None)

@@ -119,3 +119,19 @@ def test_the_check_catches_an_import_that_points_the_wrong_way(module, line, pro
     source = MODULES[module].read_text() + "\n" + line + "\n"
     [found] = wrong_way(module, source)
     assert found.startswith(f"{module}:") and found.endswith(problem)
+
+
+def test_no_two_classes_share_a_name():
+    defined: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                defined.setdefault(node.name, []).append(module)
+    assert {name: modules for name, modules in defined.items() if len(modules) > 1} == {}
+
+
+@pytest.mark.parametrize("package", sorted(p.name for p in SERVICE.iterdir() if (p / "__init__.py").is_file()))
+def test_every_package_says_what_it_owns_and_what_it_may_import(package):
+    docstring = ast.get_docstring(ast.parse((SERVICE / package / "__init__.py").read_text())) or ""
+    assert len(docstring.split()) >= 12, "say what the package owns"
+    assert "may import" in docstring.lower() or "imports nothing" in docstring.lower()
