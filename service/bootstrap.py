@@ -19,7 +19,6 @@ from service.projections.projectors import projectors
 from service.projections.queries import Projections
 from service.projections.records import Records
 from service.projections.runner import ProjectionRunner
-from service.projections.stuck import StuckList
 
 
 @dataclass
@@ -30,7 +29,6 @@ class Services:
     store: EventStore
     keys: KeyStore
     records: Records
-    stuck: StuckList
     approvals: ApprovalHistory
     verification: Verification
     feed: Feed
@@ -50,7 +48,7 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
                             kpi_threshold_pct=settings.candidate_kpi_improvement_pct)
     store = EventStore(engine, cache_size=settings.state_cache_size, participant=planner)
     feed = Feed(engine)
-    runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_improvement_pct))
+    runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_improvement_pct, settings.stuck))
     return Services(
         settings=settings,
         engine=engine,
@@ -58,12 +56,12 @@ def build(settings: Settings, engine: Engine | None = None) -> Services:
         store=store,
         keys=KeyStore(engine, cache_seconds=settings.key_cache_seconds),
         records=Records(engine),
-        stuck=StuckList(engine, store, settings.stuck),
         approvals=ApprovalHistory(engine, store),
         verification=Verification(engine, store),
         feed=feed,
         runner=runner,
-        projections=Projections(engine, runner.checkpoints),
+        projections=Projections(engine, runner.checkpoints, feed, settings.stuck,
+                                wait_seconds=settings.read_wait_seconds),
         subscriptions=subscriptions,
         outbox=Outbox(engine),
     )
@@ -73,5 +71,5 @@ def dispatcher(services: Services):
     """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
     from service.notifications.dispatcher import Dispatcher
 
-    return Dispatcher(services.engine, services.subscriptions, services.stuck, services.settings.notify,
+    return Dispatcher(services.engine, services.subscriptions, services.projections, services.settings.notify,
                       slack_webhook_url=services.settings.slack_webhook_url, links=services.links)

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000  # where `make run` serves
     public_base_url: HttpUrl | None = None  # how people and other tools reach this service (default: PORT's)
     webhook_cache_seconds: Seconds = 5.0
+    read_wait_seconds: Seconds = 2.0  # how long a read asking for a position waits for the projections
     slack_webhook_url: HttpUrl | None = Field(default=None, repr=False)  # a secret: never logged
     notify: DeliverySettings = Field(default_factory=DeliverySettings)
 

@@ -1,6 +1,9 @@
 """Where people and other tools find a record: its path in the API, and absolute links built from
-PUBLIC_BASE_URL for messages that leave the service (Slack, webhooks)."""
+PUBLIC_BASE_URL for what leaves the service (Slack messages, webhooks, the weekly report)."""
 from __future__ import annotations
+
+from typing import Mapping
+from urllib.parse import urlencode
 
 RECORDS_PATH = "/case-studies"
 STUCK_LIST_PATH = "/projections/stuck"
@@ -26,3 +29,7 @@ class Links:
 
     def stuck_list(self) -> str:
         return self.base + STUCK_LIST_PATH
+
+    def to(self, path: str, query: Mapping[str, str] | None = None) -> str:
+        """Any path of the API, with a query."""
+        return self.base + path + (f"?{urlencode(query)}" if query else "")

@@ -178,6 +178,12 @@ def settle(feed, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
+def project(services) -> None:
+    """Bring the projections up to everything committed (no worker runs in these tests)."""
+    settle(services.feed)
+    services.runner.catch_up()
+
+
 # -- the HTTP contract's helpers ---------------------------------------------------------------
 def auth(key: str) -> dict[str, str]:
     """The header that presents ``key``."""

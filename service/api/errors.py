@@ -17,8 +17,10 @@ from service.events.errors import (
     StreamNotFound,
     VersionConflict,
 )
+from service.events.feed import UnknownPosition
 from service.events.schemas import InvalidEvent, NotJson
 from service.intake.deals import DealConflict, InvalidDeal
+from service.projections.queries import ProjectionBehind
 
 log = structlog.get_logger("casestudies.api")
 
@@ -56,6 +58,14 @@ def to_problem(error: Exception) -> Problem:
             return Problem("invalid_event", str(error), errors=error.errors)
         case NotJson():
             return Problem("unsupported_media_type", f"the body is not valid JSON: {error}")
+        case ProjectionBehind():
+            problem = Problem("projection_behind", f"{error}; try again in a moment",
+                              min_position=error.position, projection=error.reached.to_dict())
+            problem.headers["Retry-After"] = "1"
+            return problem
+        case UnknownPosition():
+            return Problem("unknown_position", f"{error}: pass a position an append was answered with",
+                           parameter="min_position")
         case BadCursor():
             return Problem("invalid_parameter", str(error), parameter="cursor")
         case StreamCorrupt():

@@ -33,6 +33,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "stream_corrupt": (500, "Stored stream cannot be replayed"),
     "database_unavailable": (503, "Database unavailable"),
     "not_ready": (503, "Service not ready"),
+    "projection_behind": (503, "Projections not there yet"),
 }
 
 

@@ -1,10 +1,17 @@
-"""Reporting: the pipeline, what is stuck, what blocks publication, cycle times, candidates,
-and how far each projector has read."""
+"""Reporting: the pipeline, what is stuck, what blocks publication, cycle times, candidates, and
+how far the projections have read.
+
+Every answer says which position of the feed it reflects (``projection``, or the X-Projection
+headers of CSV), and ``as_of`` asks what was known at a past time. ``min_position`` (a position
+an append was answered with) waits, briefly, until the projections have read it.
+"""
 from __future__ import annotations
 
-from datetime import datetime
+import io
+import sys
+from typing import Iterator
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, request, stream_with_context, url_for
 
 from service.access.roles import PROJECTION_READERS
 from service.api import params, services
@@ -13,67 +20,82 @@ from service.api.auth import requires
 from service.api.openapi import describe
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES
-from service.projections.queries import Answer
-from service.times import iso, utcnow
+from service.projections.queries import Answer, StuckItem, View
+from service.spreadsheets import write_csv
+from service.times import iso
 
 bp = Blueprint("projections", __name__)
 
+AS_OF = params.AsOf("as_of", "as known at this time (what had been recorded by then; default now)")
+MIN_POSITION = params.Number("min_position", "answer only once the projections have read this position (one an "
+                             "append was answered with); 503 with Retry-After if they do not within a moment",
+                             default=0, low=0, high=9_999_999_999)
+
+
+def _view(as_of=None, min_position: int = 0):
+    return services().projections.view(as_of=as_of, min_position=min_position or None)
+
 
 def _csv(answer: Answer, header: list[str], rows, filename: str) -> Response:
-    """A CSV answer; how far its projection had read goes in headers."""
+    """A CSV answer; how far the projections had read goes in headers."""
     response = params.csv_response(header, rows, filename)
-    response.headers["X-Projection"] = answer.projector
+    return _marked(response, answer)
+
+
+def _marked(response: Response, answer: Answer) -> Response:
+    response.headers["X-Projection"] = "projections"
     response.headers["X-Projection-Position"] = str(answer.read_to.position)
     response.headers["X-Projection-Recorded-At"] = iso(answer.read_to.recorded_at) or ""
     return response
 
 
+def _next(endpoint: str, keep: tuple[str, ...], **values) -> str:
+    given = {key: value for key, value in request.args.items() if key in keep}
+    return url_for(endpoint, **given, **values)
+
+
 @bp.get("/projections/pipeline")
-@describe(responses={200: doc.Pipeline}, csv=True)
+@describe(responses={200: doc.Pipeline}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
-@params.accepts(params.FORMAT)
-def pipeline(fmt):
+@params.accepts(params.FORMAT, AS_OF, MIN_POSITION)
+def pipeline(fmt, as_of, min_position):
     """Counts by status, and by CSM and status (JSON or CSV)."""
-    as_csv = params.wants_csv(fmt)
-    answer = services().projections.pipeline()
+    with _view(as_of, min_position) as view:
+        answer = view.pipeline()
     counts = answer.value
-    if as_csv:
+    if params.wants_csv(fmt):
         statuses = list(STATUS_LABELS)
         rows = [[csm, *(by[s] for s in statuses), sum(by.values())] for csm, by in counts["by_csm"].items()]
         rows.append(["(all)", *(counts["by_status"][s] for s in statuses), counts["total"]])
         return _csv(answer, ["csm", *statuses, "total"], rows, "pipeline.csv")
-    return {**counts, "projection": answer.projection()}
+    return {**counts, "as_of": iso(as_of), "projection": answer.projection()}
 
 
-BLOCKER_COLUMNS = ["id", "status", "csm", "account_name", "code", "subject", "reason", "since", "until", "days",
-                   "details"]
+BLOCKER_COLUMNS = ["id", "status", "csm", "account_name", "code", "subject", "reason", "since", "days", "details"]
 
 
-def blocker_items(answer: Answer, reference: datetime) -> list[dict]:
-    """Blocker rows as clients see them, with days blocked up to ``reference``."""
+def blocker_items(view: View, rows: list[dict]) -> list[dict]:
+    """Blocker rows as clients see them, with the days blocked up to the view's reference time."""
     return [{"id": row["id"], "status": row["status"], "csm": row["csm"], "account_name": row["account_name"],
              "code": row["code"], "subject": row["subject"] or None, "reason": row["reason"],
-             "since": iso(row["since"]), "until": iso(row["until"]),
-             "days": max(0, (min(row["until"] or reference, reference) - row["since"]).days), "details": row["details"]}
-            for row in answer.value]
+             "since": iso(row["since"]), "days": max(0, (view.reference - row["since"]).days), "details": row["details"]}
+            for row in rows]
 
 
 @bp.get("/projections/blockers")
-@describe(responses={200: doc.Items}, csv=True)
+@describe(responses={200: doc.Items}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
-@params.accepts(params.FORMAT, params.AsOf("as_of", "what blocked publication then (business time)"), params.CSM,
-                params.OneOf("code", "only blockers of this kind", BLOCKER_CODES),
-                params.Number("limit", "blockers per page", default=1000, low=1, high=10_000), params.CURSOR)
-def blockers(fmt, as_of, csm, code, limit: int, cursor):
-    """What blocks publication, per record: now, or at business time ``as_of``."""
-    as_csv = params.wants_csv(fmt)
-    answer = services().projections.blockers(as_of=as_of, csm=csm, code=code, limit=limit, cursor=cursor)
-    items = blocker_items(answer, as_of or utcnow())
-    next_url = None
-    if answer.next_cursor:
-        given = {key: value for key, value in request.args.items() if key in ("as_of", "csm", "code", "format")}
-        next_url = url_for("projections.blockers", **given, limit=limit, cursor=answer.next_cursor)
-    if as_csv:
+@params.accepts(params.FORMAT, AS_OF, params.CSM, params.OneOf("code", "only blockers of this kind", BLOCKER_CODES),
+                params.Number("limit", "blockers per page", default=1000, low=1, high=10_000), params.CURSOR,
+                MIN_POSITION)
+def blockers(fmt, as_of, csm, code, limit: int, cursor, min_position):
+    """What blocks publication, per record, now or as known at ``as_of``; paged by ``cursor``."""
+    with _view(as_of, min_position) as view:
+        answer = view.blockers(csm=csm, code=code, limit=limit, cursor=cursor)
+        items = blocker_items(view, answer.value)
+    next_url = (_next("projections.blockers", ("as_of", "csm", "code", "format"), limit=limit,
+                      cursor=answer.next_cursor) if answer.next_cursor else None)
+    if params.wants_csv(fmt):
         response = _csv(answer, BLOCKER_COLUMNS, ([item[c] for c in BLOCKER_COLUMNS] for item in items),
                         "blockers.csv")
         if next_url:
@@ -84,15 +106,15 @@ def blockers(fmt, as_of, csm, code, limit: int, cursor):
 
 
 @bp.get("/projections/cycle-times")
-@describe(responses={200: doc.CycleTimes}, csv=True)
+@describe(responses={200: doc.CycleTimes}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT, params.AsOf("from", "only stages that ended from then", date_is_start=True, arg="start"),
-                params.AsOf("to", "only stages that ended by then", arg="end"), params.CSM)
-def cycle_times(fmt, start, end, csm):
+                params.AsOf("to", "only stages that ended by then", arg="end"), params.CSM, AS_OF, MIN_POSITION)
+def cycle_times(fmt, start, end, csm, as_of, min_position):
     """Days from commitment to each milestone and each approver role's answer time, per quarter."""
-    as_csv = params.wants_csv(fmt)
-    answer = services().projections.cycle_times(start=start, end=end, csm=csm)
-    if as_csv:
+    with _view(as_of, min_position) as view:
+        answer = view.cycle_times(start=start, end=end, csm=csm)
+    if params.wants_csv(fmt):
         header = ["quarter", "kind", "name", "count", "median_days", "p90_days"]
         rows = []
         for quarter in [*answer.value["quarters"], {"quarter": "(all)", **answer.value["overall"]}]:
@@ -110,17 +132,17 @@ CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct
 
 
 @bp.get("/projections/candidates")
-@describe(responses={200: doc.Items}, csv=True)
+@describe(responses={200: doc.Items}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT, params.AsOf("since", "only records that became candidates from then",
-                                           date_is_start=True), params.CSM)
-def candidates(fmt, since, csm):
+                                           date_is_start=True), params.CSM, AS_OF, MIN_POSITION)
+def candidates(fmt, since, csm, as_of, min_position):
     """Records that meet the candidate rule (KPI improvement and NPS), newest candidates first."""
-    as_csv = params.wants_csv(fmt)
-    answer = services().projections.candidates(since=since, csm=csm)
+    with _view(as_of, min_position) as view:
+        answer = view.candidates(since=since, csm=csm)
     items = [{column: iso(row[column]) if column == "candidate_since" else row[column]
               for column in CANDIDATE_COLUMNS} for row in answer.value]
-    if as_csv:
+    if params.wants_csv(fmt):
         return _csv(answer, CANDIDATE_COLUMNS, ([i[c] for c in CANDIDATE_COLUMNS] for i in items),
                     "candidates.csv")
     return {"kpi_improvement_threshold_pct": services().settings.candidate_kpi_improvement_pct, "count": len(items),
@@ -136,10 +158,9 @@ STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events",
 @requires(*PROJECTION_READERS)
 @params.accepts(params.FORMAT)
 def status(fmt):
-    """Each projector's checkpoint, its lag behind the feed in events and seconds, and its last error."""
-    as_csv = params.wants_csv(fmt)
+    """How far the projections have read, their lag behind the feed in events and seconds, and the last error."""
     status = services().runner.status()
-    if as_csv:
+    if params.wants_csv(fmt):
         rows = [[p["name"], p["generation"], p["checkpoint"]["position"], p["checkpoint"]["recorded_at"],
                  p["lag_events"], p["lag_seconds"], p["failing"],
                  *((p["last_error"]["message"], p["last_error"]["position"], p["last_error"]["at"])
@@ -148,32 +169,76 @@ def status(fmt):
     return status
 
 
+STUCK_COLUMNS = ["id", "status", "csm", "account_id", "account_name", "code", "reason", "since", "days", "details"]
+CSV_PAGE = 1000
+
+
+def stuck_item(item: StuckItem) -> dict:
+    return {"id": item.id, "status": item.status, "csm": item.csm, "account": item.account,
+            "code": item.finding.code, "reason": item.finding.reason, "since": item.finding.since.isoformat(),
+            "days": item.finding.days, "details": item.finding.details}
+
+
+def _stuck_cells(item: dict) -> list:
+    account = item["account"] or {}
+    return [item["id"], item["status"], item["csm"], account.get("id"), account.get("name"), item["code"],
+            item["reason"], item["since"], item["days"], item["details"]]
+
+
 @bp.get("/projections/stuck")
-@describe(responses={200: doc.Items}, csv=True, errors=("stream_corrupt",))
+@describe(responses={200: doc.Items}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
-@params.accepts(params.FORMAT, params.AsOf("as_of", "the reference time (default now; a past one replays the store)"),
-                params.CSM, params.OneOf("code", "only findings of this rule", STUCK_CODES))
-def stuck(fmt, as_of, csm, code):
-    """Stuck records at ``as_of`` (default now), each with a code, a reason and the details."""
-    as_csv = params.wants_csv(fmt)
-    now = utcnow()
-    as_of = as_of or now
-    rows = services().stuck.find(as_of=as_of, now=now, csm=csm, code=code)
-    items = [{
-        "id": row.record.id,
-        "status": row.record.state,
-        "csm": row.record.csm,
-        "account": row.record.account,
-        "code": row.finding.code,
-        "reason": row.finding.reason,
-        "since": row.finding.since.isoformat(),
-        "days": row.finding.days,
-        "details": row.finding.details,
-    } for row in rows]
-    if as_csv:
-        header = ["id", "status", "csm", "account_id", "account_name", "code", "reason", "since", "days",
-                  "details"]
-        return params.csv_response(header, ([i["id"], i["status"], i["csm"], i["account"]["id"],
-                                             i["account"]["name"], i["code"], i["reason"], i["since"],
-                                             i["days"], i["details"]] for i in items), "stuck.csv")
-    return {"as_of": as_of.isoformat(), "count": len(items), "items": items}
+@params.accepts(params.FORMAT, params.AsOf("as_of", "the reference time: default now; a past time answers as "
+                                                    "known then"),
+                params.CSM, params.OneOf("code", "only findings of this rule", STUCK_CODES),
+                params.OneOf("status", "only records in this status", list(STATUS_LABELS)),
+                params.Number("limit", "findings per page (JSON)", default=100, low=1, high=1000), params.CURSOR,
+                MIN_POSITION)
+def stuck(fmt, as_of, csm, code, status, limit: int, cursor, min_position):
+    """Stuck records at ``as_of`` (default now), each with a code, a reason and the details; paged by
+    ``cursor`` (CSV: every row, streamed)."""
+    filters = {"csm": csm, "code": code, "status": status}
+    if params.wants_csv(fmt):
+        return _stuck_csv(as_of, filters, cursor, min_position)
+    with _view(as_of, min_position) as view:
+        answer = view.stuck(**filters, limit=limit, cursor=cursor)
+        reference = view.reference
+    items = [stuck_item(item) for item in answer.value]
+    next_url = (_next("projections.stuck", ("as_of", "csm", "code", "status"), limit=limit,
+                      cursor=answer.next_cursor) if answer.next_cursor else None)
+    return {"as_of": reference.isoformat(), "count": len(items), "items": items, "next_cursor": answer.next_cursor,
+            "next": next_url, "projection": answer.projection()}
+
+
+def _stuck_csv(as_of, filters: dict, cursor, min_position) -> Response:
+    """Every stuck row from ``cursor`` on, written page by page as the client reads (one snapshot)."""
+    projections = services().projections
+    opened = projections.view(as_of=as_of, min_position=min_position or None)
+    view = opened.__enter__()  # held until the last page is written (or the client goes)
+    try:
+        first = view.stuck(**filters, limit=CSV_PAGE, cursor=cursor)
+    except BaseException:
+        opened.__exit__(*sys.exc_info())
+        raise
+
+    def rows() -> Iterator[str]:
+        try:
+            page = first
+            yield _lines(STUCK_COLUMNS, [])
+            while True:
+                yield _lines(None, [_stuck_cells(stuck_item(item)) for item in page.value])
+                if page.next_cursor is None:
+                    return
+                page = view.stuck(**filters, limit=CSV_PAGE, cursor=page.next_cursor)
+        finally:
+            opened.__exit__(None, None, None)
+
+    response = Response(stream_with_context(rows()), mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="stuck.csv"'
+    return _marked(response, first)
+
+
+def _lines(header, rows) -> str:
+    out = io.StringIO()
+    write_csv(out, header, rows)
+    return out.getvalue()

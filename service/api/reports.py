@@ -8,8 +8,8 @@ from service.api import params, services
 from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
+from service.api.projections import MIN_POSITION
 from service.reports.weekly import to_html, to_markdown, weekly_report
-from service.times import utcnow
 
 bp = Blueprint("reports", __name__)
 
@@ -25,18 +25,19 @@ def _format(chosen: str | None) -> str:
 
 @bp.get("/reports/weekly")
 @describe(responses={200: [Body(doc.WeeklyReport), Body({"type": "string"}, "text/markdown"),
-                           Body({"type": "string"}, "text/html")]}, errors=("stream_corrupt",))
+                           Body({"type": "string"}, "text/html")]}, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
 @params.accepts(params.OneOf("format", "json, md or html; without it, the Accept header decides", tuple(FORMATS),
                              arg="chosen"),
-                params.AsOf("as_of", "the end of the week to report (default now)"))
-def weekly(chosen, as_of):
-    """The weekly review for the week ending at ``as_of`` (default now; a date means its end)."""
+                params.AsOf("as_of", "the end of the week to report (default now), as known then"),
+                MIN_POSITION)
+def weekly(chosen, as_of, min_position):
+    """The weekly review for the week ending at ``as_of`` (default now; a date means its end): a summary,
+    with links to the long lists."""
     fmt = _format(chosen)
-    now = utcnow()
-    as_of = as_of or now
     wired = services()
-    report = weekly_report(wired.projections, wired.stuck, as_of=as_of, now=now)
+    with wired.projections.view(as_of=as_of, min_position=min_position or None) as view:
+        report = weekly_report(view, wired.links, as_of=view.reference)
     if fmt == "md":
         return Response(to_markdown(report), mimetype="text/markdown")
     if fmt == "html":

@@ -47,21 +47,20 @@ def projections_run(poll: float, parent: int | None) -> None:
 
 
 @projections.command("rebuild")
-@click.argument("name", required=False)
-def projections_rebuild(name: str | None) -> None:
-    """Project the whole store afresh (one projector, or all) and swap it in when complete."""
+def projections_rebuild() -> None:
+    """Project the whole store afresh (every projection, in one pass) and swap it in when complete."""
     wired = services()
-    names = _projector_names(wired, name)
     with database_errors():
         with Bar("rebuilding") as bar, _busy():
-            mark = wired.runner.rebuilder.rebuild(names, total=bar.start, progress=bar.update)
-    click.echo(f"rebuilt {', '.join(names or wired.runner.projectors)} to position {mark.position}")
+            mark = wired.runner.rebuilder.rebuild(total=bar.start, progress=bar.update)
+    click.echo(f"rebuilt {', '.join(wired.runner.projectors)} to position {mark.position}")
 
 
 @projections.command("verify")
 @click.argument("name", required=False)
 def projections_verify(name: str | None) -> None:
-    """Rebuild into scratch tables and report every row that differs from the live model (exit 1 if any)."""
+    """Rebuild into scratch tables and report every row of NAME's tables (or all), and of what the
+    projections hold for each record, that differs from the live ones (exit 1 if any)."""
     wired = services()
     names = _projector_names(wired, name)
     with database_errors():
@@ -81,15 +80,15 @@ def projections_verify(name: str | None) -> None:
 
 @projections.command("status")
 def projections_status() -> None:
-    """Each projector's checkpoint, lag and last error."""
+    """How far the projections have read, their lag and their last error."""
     wired = services()
     with database_errors():
         status = wired.runner.status()
-    for row in status["projectors"]:
-        error = f"; FAILING at position {row['last_error']['position']}: {row['last_error']['message']}" \
-            if row["failing"] else ""
-        click.echo(f"{row['name']}: position {row['checkpoint']['position']} of {status['head']['position']}, "
-                   f"{row['lag_events']} events / {row['lag_seconds']} s behind{error}")
+    error = f"; FAILING at position {status['last_error']['position']}: {status['last_error']['message']}" \
+        if status["failing"] else ""
+    click.echo(f"projections ({', '.join(p['name'] for p in status['projectors'])}): position "
+               f"{status['checkpoint']['position']} of {status['head']['position']}, {status['lag_events']} events / "
+               f"{status['lag_seconds']} s behind{error}")
     held = status["held_back"]
     if held["events"]:
         click.echo(f"{held['events']} committed events are held back by an open transaction: {held['by_transaction']}")

@@ -21,12 +21,10 @@ def report_weekly(as_of: str | None, fmt: str, output) -> None:
     import orjson
 
     from service.reports.weekly import to_html, to_markdown, weekly_report
-    from service.times import utcnow
 
     wired = services()
-    now = utcnow()
-    with database_errors():
-        document = weekly_report(wired.projections, wired.stuck, as_of=when(as_of, start=False) or now, now=now)
+    with database_errors(), wired.projections.view(as_of=when(as_of, start=False)) as view:
+        document = weekly_report(view, wired.links, as_of=view.reference)
     if fmt == "json":
         output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

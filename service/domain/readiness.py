@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from service.domain.model import CaseStudy, Status
 
 NPS_PROMOTER = 8
-# The events after which a record can have become a candidate (only they bring metrics or NPS).
+# The events after which a record can have become a candidate (only they bring metrics or NPS),
+# and those after which its readiness can differ at all (the MSA terms come with the commitment,
+# and a declined record is no candidate).
 CANDIDACY_EVENTS = frozenset(("metrics_recorded", "nps_recorded"))
+READINESS_EVENTS = CANDIDACY_EVENTS | {"committed", "declined"}
 
 
 @dataclass(frozen=True)

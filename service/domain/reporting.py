@@ -1,9 +1,7 @@
-"""What reporting asks of a record's history: what blocks publication, how long stages take,
-when it became a candidate, and its status over time.
+"""What reporting asks of a record: what blocks its publication, which stages of the cycle there
+are, and the figures reports give (days between two times, quarters, percentiles).
 
-Each question is a *fold*: it is shown every event of one stream with the record as it stands
-just after it (``replay_steps``), and then says what it found. Folds are pure, so projectors,
-rebuilds and tests all get the same answer from the same events.
+The projectors (service/projections) fold a record's events through these rules one at a time.
 """
 from __future__ import annotations
 
@@ -12,9 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from service.domain.approvals import approval_rounds
-from service.domain.model import CaseStudy, Event, Status
-from service.domain.readiness import readiness
+from service.domain.model import CaseStudy, Status
 
 BLOCKER_CODES: tuple[str, ...] = (
     "approval_pending",
@@ -50,6 +46,10 @@ class Blocker:
         return self.code, self.subject
 
 
+# Events after which what blocks publication cannot differ: they change nothing ``blockers`` reads.
+LEAVE_BLOCKERS = frozenset(("quote_added", "nps_recorded", "shared_with_champion", "views_reported"))
+
+
 def blockers(record: CaseStudy) -> list[Blocker]:
     """What blocks publication of ``record`` now (nothing once published or declined)."""
     if record.state in _CLOSED:
@@ -77,99 +77,6 @@ def blockers(record: CaseStudy) -> list[Blocker]:
     if not record.metrics["current"]:
         found.append(Blocker("missing_current_metrics", "", "no current metrics: improvement cannot be shown"))
     return found
-
-
-@dataclass
-class Interval:
-    """Something that held from ``since`` until ``until`` (None: it still holds), in business time."""
-
-    value: Any
-    since: datetime
-    until: datetime | None = None
-
-
-class BlockerHistory:
-    """Every blocker a record has had, with when it started and when it was cleared."""
-
-    def __init__(self) -> None:
-        self.intervals: list[Interval] = []
-        self._open: dict[tuple[str, str], Interval] = {}
-
-    def step(self, event: Event, record: CaseStudy) -> None:
-        now = {blocker.key: blocker for blocker in blockers(record)}
-        for key, interval in list(self._open.items()):
-            if now.get(key) != interval.value:
-                interval.until = event.occurred_at
-                del self._open[key]
-        for key, blocker in now.items():
-            if key not in self._open:
-                self._open[key] = Interval(blocker, event.occurred_at)
-                self.intervals.append(self._open[key])
-
-
-class StatusHistory:
-    """The record's (status, CSM) over time."""
-
-    def __init__(self) -> None:
-        self.intervals: list[Interval] = []
-
-    def step(self, event: Event, record: CaseStudy) -> None:
-        value = (record.state, record.csm)
-        if self.intervals and self.intervals[-1].value == value:
-            return
-        if self.intervals:
-            self.intervals[-1].until = event.occurred_at
-        self.intervals.append(Interval(value, event.occurred_at))
-
-
-class Milestones:
-    """When the record was committed, and first started, asked for approval and published."""
-
-    def __init__(self) -> None:
-        self.first: dict[str, datetime] = {}
-
-    def step(self, event: Event, record: CaseStudy) -> None:
-        self.first.setdefault(event.type, event.occurred_at)
-
-    def stages(self) -> list[tuple[str, datetime, datetime, float]]:
-        """(stage, from, to, days) for each stage the record has completed."""
-        committed = self.first.get("committed")
-        if committed is None:
-            return []
-        return [(stage, committed, self.first[event_type], days_between(committed, self.first[event_type]))
-                for stage, event_type in STAGES.items() if event_type in self.first]
-
-
-@dataclass(frozen=True)
-class ApproverTime:
-    round: int
-    role: str
-    decision: str
-    requested_at: datetime
-    decided_at: datetime
-    days: float
-
-
-def approver_times(events: Sequence[Event]) -> list[ApproverTime]:
-    """How long each approver role took to answer, per approval round."""
-    return [ApproverTime(r.number, d.role, d.decision, r.requested.occurred_at, d.step.occurred_at,
-                         round(d.took_seconds / SECONDS_PER_DAY, 4))
-            for r in approval_rounds(events) for d in r.decisions]
-
-
-class CandidateHistory:
-    """Whether the record is a candidate (DOMAIN.md readiness) and since when it has been one."""
-
-    def __init__(self, kpi_threshold_pct: float) -> None:
-        self.threshold = kpi_threshold_pct
-        self.since: datetime | None = None
-
-    def step(self, event: Event, record: CaseStudy) -> None:
-        candidate = readiness(record, self.threshold).candidate
-        if candidate and self.since is None:
-            self.since = event.occurred_at
-        elif not candidate:
-            self.since = None
 
 
 def days_between(start: datetime, end: datetime) -> float:

@@ -43,7 +43,7 @@ from service.notifications.messages import records_stuck_message
 from service.notifications.outbox import MESSAGE_COLUMNS, Message, message
 from service.notifications.subscriptions import Subscriptions
 from service.notifications.tables import outbox, stuck_announcements
-from service.projections.stuck import StuckList
+from service.projections.queries import Projections, StuckItem
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.notifications")
@@ -103,12 +103,12 @@ class Attempt:
 class Dispatcher:
     """Claims, sends and marks outbox messages; scans for newly stuck records."""
 
-    def __init__(self, engine: Engine, subscriptions: Subscriptions, stuck: StuckList,
+    def __init__(self, engine: Engine, subscriptions: Subscriptions, projections: Projections,
                  settings: DeliverySettings, *, slack_webhook_url: str | None, links: Links,
                  clock: Callable[[], datetime] = utcnow, client: httpx.Client | None = None):
         self.engine = engine
         self.subscriptions = subscriptions
-        self.stuck = stuck
+        self.projections = projections
         self.settings = settings
         self._slack_webhook_url = slack_webhook_url  # a secret: kept out of reprs and logs
         self.links = links  # for the links in stuck announcements
@@ -242,8 +242,7 @@ class Dispatcher:
         if not self._slack_webhook_url:
             return 0
         now = self.clock()
-        rows = self.stuck.find(as_of=now, now=now)
-        current = {(row.record.id, row.finding.code, row.finding.since): row for row in rows}
+        current = {(item.id, item.finding.code, item.finding.since): item for item in self._stuck_now(now)}
         insert_new = (sqlite_insert if is_sqlite(self.engine) else pg_insert)(stuck_announcements)
         keys = (stuck_announcements.c.stream_id, stuck_announcements.c.code, stuck_announcements.c.since)
         with transaction(self.engine) as conn:
@@ -262,7 +261,7 @@ class Dispatcher:
                 conn.execute(delete(stuck_announcements).where(tuple_(*keys).in_(gone[start:start + 500])))
             if new:
                 order = {key: index for index, key in enumerate(ordered)}  # the stuck list's own order
-                found = [(current[key].record, current[key].finding) for key in sorted(new, key=order.__getitem__)]
+                found = [current[key] for key in sorted(new, key=order.__getitem__)]
                 conn.execute(insert(outbox).values(
                     destination="slack", kind="records_stuck", dedupe_key=f"slack:records_stuck:{now.isoformat()}",
                     payload=records_stuck_message(found, self.links),
@@ -270,6 +269,18 @@ class Dispatcher:
         if new:
             log.info("stuck_announced", findings=len(new))
         return len(new)
+
+    def _stuck_now(self, now: datetime) -> list[StuckItem]:
+        """Every stuck finding at ``now``, in the stuck list's order."""
+        found: list[StuckItem] = []
+        with self.projections.view(now=now) as view:
+            cursor = None
+            while True:
+                page = view.stuck(limit=1000, cursor=cursor)
+                found += page.value
+                if page.next_cursor is None:
+                    return found
+                cursor = page.next_cursor
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,

@@ -1,7 +1,7 @@
 """The messages the service sends: Slack's (mrkdwn text) and CloudEvents 1.0 for webhooks."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from service.domain import CaseStudy, Readiness
 from service.events.event import Decided
@@ -15,7 +15,14 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _customer(record: CaseStudy) -> str:
+class AboutRecord(Protocol):
+    """What a message names a record by: a record, or a stuck item."""
+
+    id: str
+    account: dict[str, str] | None
+
+
+def _customer(record: AboutRecord) -> str:
     return slack_escape(record.account["name"] if record.account else record.id)
 
 
@@ -23,7 +30,7 @@ def _link(url: str, label: str) -> str:
     return f"<{url}|{slack_escape(label)}>"
 
 
-def _record_link(record: CaseStudy, links: Links) -> str:
+def _record_link(record: AboutRecord, links: Links) -> str:
     return _link(links.record(record.id), record.id)
 
 
@@ -43,12 +50,13 @@ def new_candidate_message(record: CaseStudy, links: Links, ready: Readiness) -> 
 STUCK_LINES = 20  # records named in one stuck message; the rest are counted
 
 
-def records_stuck_message(found: Sequence[tuple[CaseStudy, Any]], links: Links) -> dict[str, Any]:
-    """One message for the findings a scan found new: each record with its reason."""
+def records_stuck_message(found: Sequence[Any], links: Links) -> dict[str, Any]:
+    """One message for the findings a scan found new (stuck items: id, account, csm, finding): each
+    record with its reason."""
     count = len(found)
     head = f"{count} case {'study' if count == 1 else 'studies'} became stuck:"
-    lines = [f"• *{_customer(record)}* ({slack_escape(record.csm or 'no CSM')}): {slack_escape(finding.reason)} "
-             f"{_record_link(record, links)}" for record, finding in found[:STUCK_LINES]]
+    lines = [f"• *{_customer(item)}* ({slack_escape(item.csm or 'no CSM')}): {slack_escape(item.finding.reason)} "
+             f"{_record_link(item, links)}" for item in found[:STUCK_LINES]]
     if count > STUCK_LINES:
         lines.append(f"…and {count - STUCK_LINES} more: {_link(links.stuck_list(), 'the stuck list')}")
     return {"text": "\n".join([head, *lines])}

@@ -1,10 +1,12 @@
-"""Checkpoints: how far each projector has read the feed, which generation of its tables is live,
-and its last error; one row per projector, which a batch or a swap holds while it writes."""
+"""The checkpoint: how far the projections have read the feed, which generation of their tables is
+live, and the last error. All projectors share it: one pass folds each batch into all of them, so
+every answer, whichever tables it reads, reflects one position of the feed. A batch or a swap
+holds its row while it writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Callable
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
@@ -15,10 +17,12 @@ from service.projections.projectors import EventNotProjected
 from service.projections.tables import projection_checkpoints
 from service.times import utcnow
 
+NAME = "projections"  # the checkpoint's row
+
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """How far a projector has read, which generation of its tables is live, and its last error."""
+    """How far the projections have read, which generation of their tables is live, and the last error."""
 
     name: str
     generation: int
@@ -35,52 +39,53 @@ class Checkpoint:
 
 
 class ProjectionFailed(Exception):
-    """A projector could not project an event; nothing of the batch was written."""
+    """An event could not be projected; nothing of its batch was written."""
 
-    def __init__(self, name: str, failure: EventNotProjected):
-        super().__init__(f"{name}: {failure}")
-        self.name, self.position, self.stream_id = name, failure.event.position, failure.event.stream_id
-
-
-
-def _new_checkpoint(name: str) -> Checkpoint:
-    return Checkpoint(name, 1, 0, None, None, False, None, None, None)
+    def __init__(self, failure: EventNotProjected):
+        super().__init__(str(failure))
+        self.position, self.stream_id = failure.event.position, failure.event.stream_id
 
 
 class Checkpoints:
-    """The checkpoint rows of the projectors ``names``."""
+    """The projections' checkpoint row."""
 
-    def __init__(self, engine: Engine, names: Iterable[str], *, clock: Callable[[], datetime] = utcnow):
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow):
         self.engine = engine
-        self.names = tuple(names)
         self.clock = clock
 
-    def get(self, conn: Connection, name: str, *, lock: bool = False) -> Checkpoint:
-        """The projector's checkpoint (a new projector's is at the start, generation 1)."""
-        query = select(projection_checkpoints).where(projection_checkpoints.c.name == name)
+    def get(self, conn: Connection, *, lock: bool = False) -> Checkpoint:
+        """The checkpoint (before the first batch: at the start, generation 1)."""
+        query = select(projection_checkpoints).where(projection_checkpoints.c.name == NAME)
         row = conn.execute(query.with_for_update() if lock else query).first()
-        return Checkpoint(**row._mapping) if row else _new_checkpoint(name)
+        return Checkpoint(**row._mapping) if row else Checkpoint(NAME, 1, 0, None, None, False, None, None, None)
 
     def ensure(self) -> None:
-        """Give every projector a checkpoint row, so that it can be locked."""
-        for name in self.names:
-            try:
-                with transaction(self.engine) as conn:
-                    if conn.execute(select(projection_checkpoints.c.name)
-                                    .where(projection_checkpoints.c.name == name)).first() is None:
-                        conn.execute(projection_checkpoints.insert().values(
-                            name=name, generation=1, position=0, updated_at=self.clock(), failing=False))
-            except IntegrityError:
-                pass  # another process made it first
+        """Make the checkpoint row, so that it can be locked."""
+        try:
+            with transaction(self.engine) as conn:
+                if conn.execute(select(projection_checkpoints.c.name)
+                                .where(projection_checkpoints.c.name == NAME)).first() is None:
+                    conn.execute(projection_checkpoints.insert().values(
+                        name=NAME, generation=1, position=0, updated_at=self.clock(), failing=False))
+        except IntegrityError:
+            pass  # another process made it first
 
-    def now(self, name: str) -> Checkpoint:
-        """The projector's checkpoint, read in a transaction of its own."""
+    def now(self) -> Checkpoint:
+        """The checkpoint, read in a transaction of its own."""
         with transaction(self.engine, write=False) as conn:
-            return self.get(conn, name)
+            return self.get(conn)
+
+    def move(self, conn: Connection, mark: Mark, *, generation: int | None = None) -> None:
+        """Move the checkpoint to ``mark`` (and to another generation), clearing ``failing``."""
+        values = {"position": mark.position, "event_recorded_at": mark.recorded_at, "updated_at": self.clock(),
+                  "failing": False}
+        if generation is not None:
+            values["generation"] = generation
+        conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == NAME).values(**values))
 
     def record_error(self, failure: ProjectionFailed) -> None:
-        """Mark the projector failing, with the error and the event it failed on."""
+        """Mark the projections failing, with the error and the event it failed on."""
         with transaction(self.engine) as conn:
-            conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == failure.name)
+            conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == NAME)
                          .values(failing=True, last_error=str(failure)[:2000],
                                  last_error_position=failure.position, last_error_at=self.clock()))

@@ -1,144 +1,256 @@
-"""The projectors: each turns one stream's events into the rows its tables hold for that record.
+"""The projectors: each folds a record's events, one at a time, into versions of its rows.
 
-A projector is a pure function of a stream (the folds of service/domain/reporting.py over
-``replay_steps``), so projecting a record again gives the same rows: the runner replaces a
-record's rows whenever the feed brings one of its events, and a rebuild projects every stream
-once. Rows are given without ``generation``; whoever writes them adds it.
+A projector keeps a small state per record (JSON) between batches, beside the record as replay
+leaves it, so that a record's next events are folded onto what the projection already holds:
+never a replay from the first event. Each event is applied to the record through the domain's
+one ``apply`` and then shown to every projector, which says which of its rows the event changed
+(``Changes.put``) or ended (``Changes.end``). A version is valid from the event's ``recorded_at``
+until the next change of the same row. The rules themselves are the domain's: what blocks
+publication, readiness, the stuck rules, the stages of the cycle.
+
+Projecting is a pure function of the events: a rebuild (every stream from its first event) and
+the live runner (batch after batch, from the states kept) write the same rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Iterable, Protocol, Sequence
 
 from sqlalchemy import Table
 
-from service.domain.machine import replay_steps
-from service.domain.model import CaseStudy
-from service.domain.readiness import readiness
-from service.domain.reporting import (
-    BlockerHistory,
-    CandidateHistory,
-    Milestones,
-    StatusHistory,
-    approver_times,
-)
+from service.domain import CaseStudy, StuckThresholds, apply, readiness
+from service.domain.errors import GuardFailed, StreamCorrupt, TransitionNotAllowed
+from service.domain.readiness import READINESS_EVENTS
+from service.domain.reporting import LEAVE_BLOCKERS, STAGES, blockers, days_between
+from service.domain.stuck import RULE_OF, StuckFacts, stuck_starts
 from service.events.event import StoredEvent
 from service.projections.tables import (
-    approver_times as approver_times_table,
-)
-from service.projections.tables import (
-    blockers,
+    approver_times,
     candidates,
     cycle_stages,
     pipeline_records,
     status_history,
+    stuck,
+)
+from service.projections.tables import (
+    blockers as blockers_table,
 )
 
-Rows = dict[Table, list[dict[str, Any]]]
+Key = tuple  # a row's key columns, after the generation: (id,), (id, seq), ...
 
 
-class Fold:
-    """Shown each event with the record just after it; then gives the record's rows."""
+class Changes:
+    """The row versions a pass makes, by table and key: each change at a recorded time, with the
+    row's new values (None: the row ends)."""
 
-    def step(self, event: StoredEvent, record: CaseStudy) -> None: ...
+    def __init__(self) -> None:
+        self.by_table: dict[Table, dict[Key, list[tuple[datetime, dict[str, Any] | None]]]] = {}
 
-    def rows(self, record: CaseStudy, events: Sequence[StoredEvent]) -> Rows: ...
+    def put(self, table: Table, key: Key, at: datetime, values: dict[str, Any]) -> None:
+        self.by_table.setdefault(table, {}).setdefault(key, []).append((at, values))
+
+    def end(self, table: Table, key: Key, at: datetime) -> None:
+        self.by_table.setdefault(table, {}).setdefault(key, []).append((at, None))
+
+    def versions(self, table: Table) -> Iterable[tuple[Key, datetime, list[dict[str, Any]]]]:
+        """For each key the table's rows changed at: the recorded time of its first change (where the
+        version before it, if any, ends) and the new versions, ``valid_to`` chained from one to the
+        next. A version that another replaced at the same recorded time was never visible: it is left out."""
+        for key, changes in self.by_table.get(table, {}).items():
+            rows = []
+            for index, (at, values) in enumerate(changes):
+                if values is None:
+                    continue
+                until = changes[index + 1][0] if index + 1 < len(changes) else None
+                if until != at:
+                    rows.append({**values, "valid_from": at, "valid_to": until})
+            yield key, changes[0][0], rows
 
 
-@dataclass(frozen=True)
-class Projector:
-    """A named read model: its tables and how one stream becomes rows in them."""
+class Projector(Protocol):
+    """A named read model: its tables, and how an event changes its rows."""
 
     name: str
     tables: tuple[Table, ...]
-    fold: Callable[[], Fold]
     description: str
 
-
-def _account_name(record: CaseStudy) -> str | None:
-    return record.account["name"] if record.account else None
-
-
-class _PipelineFold(Fold):
-    def __init__(self) -> None:
-        self.history = StatusHistory()
-
-    def step(self, event, record):
-        self.history.step(event, record)
-
-    def rows(self, record, events):
-        return {
-            pipeline_records: [{"id": record.id, "status": record.state, "csm": record.csm}],
-            status_history: [{"id": record.id, "seq": seq, "status": interval.value[0], "csm": interval.value[1],
-                              "from_at": interval.since, "to_at": interval.until}
-                             for seq, interval in enumerate(self.history.intervals, start=1)],
-        }
+    def step(self, state: dict[str, Any], event: StoredEvent, record: CaseStudy, changes: Changes) -> None:
+        """Fold ``event`` (the record as just after it) into ``state``, noting what changed."""
 
 
-class _BlockersFold(Fold):
-    def __init__(self) -> None:
-        self.history = BlockerHistory()
-
-    def step(self, event, record):
-        self.history.step(event, record)
-
-    def rows(self, record, events):
-        return {blockers: [{"id": record.id, "seq": seq, "code": interval.value.code,
-                            "subject": interval.value.subject, "status": record.state, "csm": record.csm,
-                            "account_name": _account_name(record), "reason": interval.value.reason,
-                            "details": interval.value.details, "since": interval.since,
-                            "until": interval.until}
-                           for seq, interval in enumerate(self.history.intervals, start=1)]}
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
-class _CycleTimesFold(Fold):
-    def __init__(self) -> None:
-        self.milestones = Milestones()
-
-    def step(self, event, record):
-        self.milestones.step(event, record)
-
-    def rows(self, record, events):
-        return {
-            cycle_stages: [{"id": record.id, "stage": stage, "csm": record.csm, "from_at": start, "to_at": end,
-                            "days": days} for stage, start, end, days in self.milestones.stages()],
-            approver_times_table: [{"id": record.id, "round": t.round, "role": t.role, "csm": record.csm,
-                                    "decision": t.decision, "requested_at": t.requested_at,
-                                    "decided_at": t.decided_at, "days": t.days}
-                                   for t in approver_times(events)],
-        }
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
-class _CandidatesFold(Fold):
-    def __init__(self, kpi_threshold_pct: float) -> None:
-        self.threshold = kpi_threshold_pct
-        self.history = CandidateHistory(kpi_threshold_pct)
-
-    def step(self, event, record):
-        self.history.step(event, record)
-
-    def rows(self, record, events):
-        ready = readiness(record, self.threshold)
-        return {candidates: [{"id": record.id, "status": record.state, "csm": record.csm,
-                              "account_name": _account_name(record),
-                              "kpi_improvement_pct": ready.kpi_improvement_pct, "best_metric": ready.best_metric,
-                              "nps": ready.nps, "msa_clear": ready.msa_clear,
-                              "candidate": ready.candidate,
-                              "candidate_since": self.history.since}]}
+def _account(record: CaseStudy) -> tuple[str | None, str | None]:
+    return (record.account["id"], record.account["name"]) if record.account else (None, None)
 
 
-def projectors(kpi_threshold_pct: float) -> dict[str, Projector]:
+@dataclass(frozen=True)
+class PipelineProjector:
+    """Records by status and CSM, and each record's (status, CSM) over business time."""
+
+    name: str = "pipeline"
+    tables: tuple[Table, ...] = (pipeline_records, status_history)
+    description: str = "records by status and CSM, and each record's status over time"
+
+    def step(self, state, event, record, changes):
+        account_id, account_name = _account(record)
+        row = [record.state, record.csm, account_id, account_name]
+        if row != state.get("row"):
+            changes.put(pipeline_records, (record.id,), event.recorded_at,
+                        {"status": record.state, "csm": record.csm, "account_id": account_id,
+                         "account_name": account_name})
+            state["row"] = row
+        last = state.get("interval")  # [seq, status, csm, from_at] of the interval the record is in
+        if last is not None and last[1] == record.state and last[2] == record.csm:
+            return
+        seq = 1
+        if last is not None:
+            changes.put(status_history, (record.id, last[0]), event.recorded_at,
+                        {"status": last[1], "csm": last[2], "from_at": _time(last[3]), "to_at": event.occurred_at})
+            seq = last[0] + 1
+        changes.put(status_history, (record.id, seq), event.recorded_at,
+                    {"status": record.state, "csm": record.csm, "from_at": event.occurred_at, "to_at": None})
+        state["interval"] = [seq, record.state, record.csm, event.occurred_at.isoformat()]
+
+
+@dataclass(frozen=True)
+class BlockersProjector:
+    """What blocks each record's publication now, and since when (a blocker that clears ends)."""
+
+    name: str = "blockers"
+    tables: tuple[Table, ...] = (blockers_table,)
+    description: str = "what blocks publication of each record, and since when"
+
+    def step(self, state, event, record, changes):
+        if event.type in LEAVE_BLOCKERS and "head" in state:
+            return
+        now = {f"{blocker.code}/{blocker.subject}": blocker for blocker in blockers(record)}
+        head = [record.state, record.csm, _account(record)[1]]
+        moved = head != state.get("head")
+        state["head"] = head
+        opened = state.setdefault("open", {})  # key -> [seq, reason, details, since]
+        for key in list(opened):
+            seq, reason, details, since = opened[key]
+            blocker = now.get(key)
+            if blocker is None or blocker.reason != reason or blocker.details != details:
+                changes.end(blockers_table, (record.id, seq), event.recorded_at)
+                del opened[key]
+            elif moved:
+                changes.put(blockers_table, (record.id, seq), event.recorded_at, _blocker_row(blocker, since, head))
+        for key, blocker in now.items():
+            if key not in opened:
+                state["seq"] = seq = state.get("seq", 0) + 1
+                since = event.occurred_at.isoformat()
+                opened[key] = [seq, blocker.reason, blocker.details, since]
+                changes.put(blockers_table, (record.id, seq), event.recorded_at, _blocker_row(blocker, since, head))
+
+
+def _blocker_row(blocker, since: str, head: list) -> dict[str, Any]:
+    return {"code": blocker.code, "subject": blocker.subject, "status": head[0], "csm": head[1],
+            "account_name": head[2], "reason": blocker.reason, "details": blocker.details, "since": _time(since)}
+
+
+_STAGE_OF_EVENT = {event_type: stage for stage, event_type in STAGES.items()}
+
+
+@dataclass(frozen=True)
+class CycleTimesProjector:
+    """Days from the commitment to the first of each later milestone, and each approver role's
+    answer time in each round (from the round's request, holds included)."""
+
+    name: str = "cycle_times"
+    tables: tuple[Table, ...] = (cycle_stages, approver_times)
+    description: str = "days from commitment to each milestone, and each approver role's answer time"
+
+    def step(self, state, event, record, changes):
+        first = state.setdefault("first", {})
+        if event.type not in first:
+            first[event.type] = event.occurred_at.isoformat()
+            stage = _STAGE_OF_EVENT.get(event.type)
+            committed = _time(first.get("committed"))
+            if stage is not None and committed is not None:
+                changes.put(cycle_stages, (record.id, stage), event.recorded_at,
+                            {"from_at": committed, "to_at": event.occurred_at,
+                             "days": days_between(committed, event.occurred_at)})
+        current = state.get("round")  # [number, requested_at, open]
+        if event.type == "approval_requested":
+            state["round"] = [(current[0] if current else 0) + 1, event.occurred_at.isoformat(), True]
+        elif current is not None and current[2]:
+            if event.type in ("approval_granted", "changes_requested"):
+                requested = _time(current[1])
+                changes.put(approver_times, (record.id, current[0], event.data["role"]), event.recorded_at,
+                            {"decision": "granted" if event.type == "approval_granted" else "changes_requested",
+                             "requested_at": requested, "decided_at": event.occurred_at,
+                             "days": round((event.occurred_at - requested).total_seconds() / 86_400, 4)})
+            if event.type in ("changes_requested", "published", "declined"):
+                current[2] = False  # the round is over
+
+
+@dataclass(frozen=True)
+class CandidatesProjector:
+    """Each record's readiness, and since when it has been a candidate (DOMAIN.md's rule)."""
+
+    kpi_threshold_pct: float
+    name: str = "candidates"
+    tables: tuple[Table, ...] = (candidates,)
+    description: str = "readiness of each record and since when it has been a candidate"
+
+    def step(self, state, event, record, changes):
+        if event.type in READINESS_EVENTS or "ready" not in state:
+            ready = readiness(record, self.kpi_threshold_pct)
+            state["ready"] = [ready.kpi_improvement_pct, ready.best_metric, ready.nps, ready.msa_clear,
+                              ready.candidate]
+        candidate = state["ready"][4]
+        if not candidate:
+            state["since"] = None
+        elif state.get("since") is None:
+            state["since"] = event.occurred_at.isoformat()
+        row = [record.state, record.csm, _account(record)[1], *state["ready"], state["since"]]
+        if row != state.get("row"):
+            state["row"] = row
+            changes.put(candidates, (record.id,), event.recorded_at, {
+                "status": row[0], "csm": row[1], "account_name": row[2], "kpi_improvement_pct": row[3],
+                "best_metric": row[4], "nps": row[5], "msa_clear": row[6], "candidate": row[7],
+                "candidate_since": _time(row[8])})
+
+
+@dataclass(frozen=True)
+class StuckProjector:
+    """For each stuck rule that can hold for a record as it is: the moment after which it holds."""
+
+    thresholds: StuckThresholds
+    name: str = "stuck"
+    tables: tuple[Table, ...] = (stuck,)
+    description: str = "when each stuck rule starts to hold for each record, as it stands"
+
+    def step(self, state, event, record, changes):
+        facts = StuckFacts.of(record)
+        starts = stuck_starts(facts, self.thresholds)
+        rows = state.setdefault("rows", {})  # code -> [holds_after, status, csm, account_id, account_name, facts]
+        for code in list(rows):
+            if code not in starts:
+                changes.end(stuck, (record.id, code), event.recorded_at)
+                del rows[code]
+        for code, start in starts.items():
+            row = [start.isoformat(), record.state, record.csm, *_account(record), RULE_OF[code].facts(facts)]
+            if row != rows.get(code):
+                rows[code] = row
+                changes.put(stuck, (record.id, code), event.recorded_at, {
+                    "holds_after": start, "status": row[1], "csm": row[2], "account_id": row[3],
+                    "account_name": row[4], "facts": row[5]})
+
+
+def projectors(kpi_threshold_pct: float, thresholds: StuckThresholds) -> dict[str, Projector]:
     """Every projector by name, in the order they are run and listed."""
-    return {p.name: p for p in (
-        Projector("pipeline", (pipeline_records, status_history), _PipelineFold,
-                  "records by status and CSM, and each record's status over time"),
-        Projector("blockers", (blockers,), _BlockersFold,
-                  "what blocks publication of each record, since when, and when it was cleared"),
-        Projector("cycle_times", (cycle_stages, approver_times_table), _CycleTimesFold,
-                  "days from commitment to each milestone, and each approver role's answer time"),
-        Projector("candidates", (candidates,), lambda: _CandidatesFold(kpi_threshold_pct),
-                  "readiness of each record and since when it has been a candidate"),
-    )}
+    return {p.name: p for p in (PipelineProjector(), BlockersProjector(), CycleTimesProjector(),
+                                CandidatesProjector(kpi_threshold_pct), StuckProjector(thresholds))}
 
 
 def choose(projectors: dict[str, Projector], names: Iterable[str] | None) -> list[str]:
@@ -159,18 +271,28 @@ class EventNotProjected(Exception):
         self.event = event
 
 
-def project(stream_id: str, events: Sequence[StoredEvent], chosen: Sequence[Projector]) -> dict[str, Rows]:
-    """The rows each chosen projector keeps for one stream (its events, oldest first).
+def start(stream_id: str) -> dict[str, Any]:
+    """What the projections hold for a record they have not seen."""
+    return {"record": None, "folds": {}}
 
-    Raises EventNotProjected naming the event at which projecting failed."""
-    folds = [projector.fold() for projector in chosen]
-    record = CaseStudy(id=stream_id)
-    done = 0
-    try:
-        for event, record in replay_steps(stream_id, events):
-            for fold in folds:
-                fold.step(event, record)
-            done += 1
-        return {projector.name: fold.rows(record, events) for projector, fold in zip(chosen, folds)}
-    except Exception as error:  # whatever it is, it is reported with the event it happened at
-        raise EventNotProjected(events[min(done, len(events) - 1)], error) from error
+
+def fold(stream_id: str, held: dict[str, Any], events: Sequence[StoredEvent],
+         chosen: Sequence[Projector], changes: Changes) -> dict[str, Any]:
+    """Fold ``events`` (the record's next ones, oldest first) onto what the projections ``held`` for it.
+
+    Returns what they hold afterwards. Raises EventNotProjected naming the event that failed."""
+    record = CaseStudy.from_dict(held["record"]) if held["record"] else CaseStudy(id=stream_id)
+    states = {projector.name: held["folds"].setdefault(projector.name, {}) for projector in chosen}
+    for event in events:
+        try:
+            try:
+                apply(record, event)
+            except (TransitionNotAllowed, GuardFailed) as refusal:
+                raise StreamCorrupt(f"stream {stream_id}: stored event version {event.version} ({event.type}) "
+                                    f"is refused on replay: {refusal.reason}") from refusal
+            for projector in chosen:
+                projector.step(states[projector.name], event, record, changes)
+        except Exception as error:  # whatever it is, it is reported with the event it happened at
+            raise EventNotProjected(event, error) from error
+    held["record"] = record.to_dict()
+    return held

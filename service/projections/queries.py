@@ -1,23 +1,27 @@
-"""Queries over the projectors' tables. Every answer carries the mark its projector has read to.
+"""Queries over the projections' tables: the reporting questions, now or as known at any past time.
 
-Each query runs in one read transaction: the checkpoint (which generation is live, how far it
-has read) and the rows come from the same snapshot, so a rebuild swapping generations in is
-never seen half done.
+A question is asked of a ``View``: one read transaction, so the checkpoint (which generation is
+live, how far the projections have read) and every row come from one snapshot. A rebuild swapping
+generations in is never seen half done, and all the parts of one answer (the weekly report's
+sections) reflect the same position of the feed, which the answer names. "As known at T" reads
+each row's version valid at T (see tables.py); without a time, what is known now.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, and_, func, literal, or_, select, tuple_
+from sqlalchemy import Connection, Engine, Table, and_, func, literal, or_, select, tuple_
 
 from service import cursors
-from service.domain import STATUS_LABELS
+from service.domain import STATUS_LABELS, StuckThresholds
 from service.domain.reporting import STAGES, quarter_of, summarise
+from service.domain.stuck import RULE_OF, StuckFinding
 from service.events.db import transaction
-from service.events.feed import Mark
+from service.events.feed import Feed, Mark, UnknownPosition
 from service.projections.checkpoints import Checkpoint, Checkpoints
 from service.projections.tables import (
     approver_times,
@@ -26,20 +30,43 @@ from service.projections.tables import (
     cycle_stages,
     pipeline_records,
     status_history,
+    stuck,
 )
+from service.times import utcnow
+
+WAIT_POLL_SECONDS = 0.05
+
+
+class ProjectionBehind(Exception):
+    """The projections have not reached the position a reader asked for within the time it may wait."""
+
+    def __init__(self, position: int, reached: Mark, waited: float):
+        super().__init__(f"the projections have read to position {reached.position}, not yet to {position} "
+                         f"(waited {waited:g} s)")
+        self.position, self.reached = position, reached
 
 
 @dataclass(frozen=True)
 class Answer:
-    """Rows (or figures) from a projection, and how far that projection had read."""
+    """Rows (or figures) from the projections, and how far they had read."""
 
     value: Any
-    projector: str
     read_to: Mark
     next_cursor: str | None = None  # where the next page starts, for a paged answer
 
     def projection(self) -> dict[str, Any]:
-        return {"name": self.projector, **self.read_to.to_dict()}
+        return {"name": "projections", **self.read_to.to_dict()}
+
+
+@dataclass(frozen=True)
+class StuckItem:
+    """A stuck record on one rule, with the finding a person reads."""
+
+    id: str
+    status: str
+    csm: str | None
+    account: dict[str, str] | None
+    finding: StuckFinding
 
 
 def _zeros() -> dict[str, int]:
@@ -49,78 +76,164 @@ def _zeros() -> dict[str, int]:
 class Projections:
     """The reporting questions, answered from the projections' tables."""
 
-    def __init__(self, engine: Engine, checkpoints: Checkpoints):
+    def __init__(self, engine: Engine, checkpoints: Checkpoints, feed: Feed, thresholds: StuckThresholds, *,
+                 wait_seconds: float = 2.0):
         self.engine = engine
         self.checkpoints = checkpoints
+        self.feed = feed
+        self.thresholds = thresholds
+        self.wait_seconds = wait_seconds
 
     @contextmanager
-    def _reading(self, name: str) -> Iterator[tuple[Connection, Checkpoint]]:
-        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            yield conn, self.checkpoints.get(conn, name)
+    def view(self, *, as_of: datetime | None = None, min_position: int | None = None,
+             now: datetime | None = None) -> Iterator["View"]:
+        """A view of the projections as known at ``as_of`` (default: ``now``, the clock's), once they have read
+        ``min_position`` (a position an append was answered with): waits for that up to
+        ``wait_seconds``, then raises ProjectionBehind; UnknownPosition for a position not stored."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
+                checkpoint = self.checkpoints.get(conn)
+                if min_position is None or min_position == 0 or self._reached(conn, checkpoint, min_position):
+                    yield View(conn, checkpoint, self.thresholds, as_of, now or utcnow())
+                    return
+            if time.monotonic() >= deadline:
+                raise ProjectionBehind(min_position, checkpoint.mark(), self.wait_seconds)
+            time.sleep(WAIT_POLL_SECONDS)
 
+    def _reached(self, conn: Connection, checkpoint: Checkpoint, position: int) -> bool:
+        from service.events.tables import events
+
+        found = conn.execute(select(events.c.position).where(events.c.position == position)).first()
+        if found is None:
+            raise UnknownPosition(position)
+        if checkpoint.position == 0:
+            return False
+        return conn.execute(select(events.c.position).where(
+            events.c.position == position, self.feed.until(conn, checkpoint.position))).first() is not None
+
+
+class View:
+    """The projections in one snapshot, as known at one time."""
+
+    def __init__(self, conn: Connection, checkpoint: Checkpoint, thresholds: StuckThresholds,
+                 as_of: datetime | None, now: datetime):
+        self.conn = conn
+        self.checkpoint = checkpoint
+        self.thresholds = thresholds
+        self.reference = as_of or now  # the time stuck rules are judged at
+        self.known_at = as_of if as_of is not None and as_of < now else None  # None: what is known now
+
+    def answer(self, value: Any, next_cursor: str | None = None) -> Answer:
+        return Answer(value, self.checkpoint.mark(), next_cursor)
+
+    def rows(self, table: Table) -> Any:
+        """The condition for ``table``'s rows of the live generation, as known at this view's time."""
+        live = table.c.generation == self.checkpoint.generation
+        if self.known_at is None:
+            return and_(live, table.c.valid_to.is_(None))
+        return and_(live, table.c.valid_from <= self.known_at,
+                    or_(table.c.valid_to.is_(None), table.c.valid_to > self.known_at))
+
+    # -- the pipeline -----------------------------------------------------------------------
     def pipeline(self) -> Answer:
         """Counts by status, and by CSM and status."""
-        with self._reading("pipeline") as (conn, checkpoint):
-            table = pipeline_records
-            rows = conn.execute(select(table.c.csm, table.c.status, func.count())
-                                .where(table.c.generation == checkpoint.generation)
-                                .group_by(table.c.csm, table.c.status)).all()
-        return Answer(_counts(rows), "pipeline", checkpoint.mark())
+        table = pipeline_records
+        rows = self.conn.execute(select(table.c.csm, table.c.status, func.count()).where(self.rows(table))
+                                 .group_by(table.c.csm, table.c.status)).all()
+        return self.answer(_counts(rows))
 
     def counts_at(self, moment: datetime) -> Answer:
         """Counts by status as they stood at business time ``moment``."""
         table = status_history
-        with self._reading("pipeline") as (conn, checkpoint):
-            rows = conn.execute(
-                select(table.c.csm, table.c.status, func.count())
-                .where(table.c.generation == checkpoint.generation, table.c.from_at <= moment,
-                       or_(table.c.to_at.is_(None), table.c.to_at > moment))
-                .group_by(table.c.csm, table.c.status)).all()
-        return Answer(_counts(rows), "pipeline", checkpoint.mark())
+        rows = self.conn.execute(
+            select(table.c.csm, table.c.status, func.count())
+            .where(self.rows(table), table.c.from_at <= moment, or_(table.c.to_at.is_(None), table.c.to_at > moment))
+            .group_by(table.c.csm, table.c.status)).all()
+        return self.answer(_counts(rows))
 
-    def blockers(self, *, as_of: datetime | None = None, csm: str | None = None, code: str | None = None,
-                 limit: int | None = None, cursor: str | None = None) -> Answer:
-        """What blocks publication: open blockers now, or those that held at business time ``as_of``.
-
-        Ordered by CSM, since, record; with ``limit``, one page, and ``next_cursor`` continues."""
+    # -- what blocks publication ---------------------------------------------------------------
+    def blockers(self, *, csm: str | None = None, code: str | None = None, limit: int | None = None,
+                 cursor: str | None = None) -> Answer:
+        """What blocks publication: ordered by CSM, since, record; with ``limit``, one page, and
+        ``next_cursor`` continues."""
         table = blockers
         key = (func.coalesce(table.c.csm, ""), table.c.since, table.c.id, table.c.seq)
-        with self._reading("blockers") as (conn, checkpoint):
-            query = select(table).where(table.c.generation == checkpoint.generation)
-            if as_of is None:
-                query = query.where(table.c.until.is_(None))
-            else:
-                query = query.where(table.c.since <= as_of, or_(table.c.until.is_(None), table.c.until > as_of))
-            if csm:
-                query = query.where(table.c.csm == csm)
-            if code:
-                query = query.where(table.c.code == code)
-            if cursor:
-                query = query.where(tuple_(*key) > tuple_(*(literal(v, type_=c.type) for v, c in zip(
-                    _decode_blocker_cursor(cursor), (table.c.csm, table.c.since, table.c.id, table.c.seq)))))
-            query = query.order_by(*key)
-            if limit is not None:
-                query = query.limit(limit + 1)
-            rows = [dict(row) for row in conn.execute(query).mappings()]
+        query = select(table).where(self.rows(table))
+        if csm:
+            query = query.where(table.c.csm == csm)
+        if code:
+            query = query.where(table.c.code == code)
+        if cursor:
+            query = query.where(tuple_(*key) > tuple_(*(literal(v, type_=c.type) for v, c in zip(
+                _decode_blocker_cursor(cursor), (table.c.csm, table.c.since, table.c.id, table.c.seq)))))
+        query = query.order_by(*key)
+        if limit is not None:
+            query = query.limit(limit + 1)
+        rows = [dict(row) for row in self.conn.execute(query).mappings()]
         next_cursor = None
         if limit is not None and len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1]
-            next_cursor = _encode_blocker_cursor(last["csm"] or "", last["since"], last["id"], last["seq"])
-        return Answer(rows, "blockers", checkpoint.mark(), next_cursor)
+            next_cursor = cursors.encode([last["csm"] or "", last["since"].isoformat(), last["id"], last["seq"]])
+        return self.answer(rows, next_cursor)
 
+    def blocked_counts(self) -> Answer:
+        """Blockers counted by code and by CSM, and the records they block."""
+        table = blockers
+        rows = self.conn.execute(select(table.c.code, table.c.csm, func.count())
+                                 .where(self.rows(table)).group_by(table.c.code, table.c.csm)).all()
+        records = self.conn.execute(select(func.count(table.c.id.distinct())).where(self.rows(table))).scalar_one()
+        return self.answer({"records": records, **_by_code_and_csm(rows)})
+
+    # -- what is stuck ---------------------------------------------------------------------------
+    def stuck(self, *, csm: str | None = None, code: str | None = None, status: str | None = None,
+              limit: int = 100, cursor: str | None = None) -> Answer:
+        """Records stuck at this view's reference time, one finding per rule: ordered by CSM, then the
+        moment the rule began to hold (longest stuck first), record and rule; one page."""
+        table = stuck
+        key = (table.c.csm, table.c.holds_after, table.c.id, table.c.code)
+        query = select(table).where(self.rows(table), table.c.holds_after < self.reference)
+        if csm:
+            query = query.where(table.c.csm == csm)
+        if code:
+            query = query.where(table.c.code == code)
+        if status:
+            query = query.where(table.c.status == status)
+        if cursor:
+            query = query.where(tuple_(*key) > tuple_(*(literal(v, type_=c.type) for v, c in zip(
+                _decode_stuck_cursor(cursor), key))))
+        rows = self.conn.execute(query.order_by(*key).limit(limit + 1)).mappings().all()
+        page = [StuckItem(row["id"], row["status"], row["csm"],
+                          {"id": row["account_id"], "name": row["account_name"]} if row["account_id"] else None,
+                          RULE_OF[row["code"]].finding_from(row["facts"], self.reference, self.thresholds))
+                for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = cursors.encode([last["csm"], last["holds_after"].isoformat(), last["id"], last["code"]])
+        return self.answer(page, next_cursor)
+
+    def stuck_counts(self) -> Answer:
+        """Stuck findings counted by code and by CSM, and the records they name."""
+        table = stuck
+        condition = and_(self.rows(table), table.c.holds_after < self.reference)
+        rows = self.conn.execute(select(table.c.code, table.c.csm, func.count())
+                                 .where(condition).group_by(table.c.code, table.c.csm)).all()
+        records = self.conn.execute(select(func.count(table.c.id.distinct())).where(condition)).scalar_one()
+        return self.answer({"records": records, **_by_code_and_csm(rows)})
+
+    # -- cycle times, candidates, publications -----------------------------------------------------
     def cycle_times(self, *, start: datetime | None = None, end: datetime | None = None,
                     csm: str | None = None) -> Answer:
         """Median and 90th percentile days per quarter (of the stage's end) for each stage and approver role."""
-        with self._reading("cycle_times") as (conn, checkpoint):
-            by_stage = _days_by_quarter(conn, cycle_stages, cycle_stages.c.stage, cycle_stages.c.to_at,
-                                        checkpoint, start, end, csm)
-            by_role = _days_by_quarter(conn, approver_times, approver_times.c.role, approver_times.c.decided_at,
-                                       checkpoint, start, end, csm)
+        by_stage = self._days_by_quarter(cycle_stages, cycle_stages.c.stage, cycle_stages.c.to_at, start, end, csm)
+        by_role = self._days_by_quarter(approver_times, approver_times.c.role, approver_times.c.decided_at,
+                                        start, end, csm)
         groups = {"stages": {stage: by_stage.get(stage, {}) for stage in STAGES},
                   "approver_roles": dict(sorted(by_role.items()))}
         quarters = sorted({quarter for group in groups.values() for days in group.values() for quarter in days})
-        value = {
+        return self.answer({
             "quarters": [{"quarter": quarter,
                           **{name: {key: summarise(days.get(quarter, [])) for key, days in group.items()}
                              for name, group in groups.items()}}
@@ -128,36 +241,61 @@ class Projections:
             "overall": {name: {key: summarise(d for per_quarter in days.values() for d in per_quarter)
                                for key, days in group.items()}
                         for name, group in groups.items()},
-        }
-        return Answer(value, "cycle_times", checkpoint.mark())
+        })
 
-    def candidates(self, *, since: datetime | None = None, csm: str | None = None) -> Answer:
+    def _days_by_quarter(self, table: Table, name, moment, start, end, csm) -> dict[str, dict[str, list[float]]]:
+        """Day counts by name (a stage or a role), then by the quarter of ``moment``, within the filters."""
+        query = select(name, moment, table.c.days).where(self.rows(table))
+        if start is not None:
+            query = query.where(moment >= start)
+        if end is not None:
+            query = query.where(moment <= end)
+        if csm:
+            query = query.join(pipeline_records, and_(pipeline_records.c.id == table.c.id,
+                                                      self.rows(pipeline_records))).where(pipeline_records.c.csm == csm)
+        out: dict[str, dict[str, list[float]]] = {}
+        for key, at, days in self.conn.execute(query):
+            out.setdefault(key, {}).setdefault(quarter_of(at), []).append(days)
+        return out
+
+    def candidates(self, *, since: datetime | None = None, csm: str | None = None, limit: int | None = None) -> Answer:
         """Records that are candidates, newest first; ``since``: only those that became one from then on."""
         table = candidates
-        with self._reading("candidates") as (conn, checkpoint):
-            query = select(table).where(table.c.generation == checkpoint.generation, table.c.candidate.is_(True))
-            if since is not None:
-                query = query.where(table.c.candidate_since >= since)
-            if csm:
-                query = query.where(table.c.csm == csm)
-            rows = [dict(row) for row in conn.execute(
-                query.order_by(table.c.candidate_since.desc(), table.c.id)).mappings()]
-        return Answer(rows, "candidates", checkpoint.mark())
+        query = select(table).where(self.rows(table), table.c.candidate.is_(True))
+        if since is not None:
+            query = query.where(table.c.candidate_since >= since)
+        if csm:
+            query = query.where(table.c.csm == csm)
+        query = query.order_by(table.c.candidate_since.desc(), table.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        return self.answer([dict(row) for row in self.conn.execute(query).mappings()])
 
-    def published_between(self, start: datetime, end: datetime) -> Answer:
-        """Records first published in [start, end), with how long they took from the commitment."""
-        table = cycle_stages
-        with self._reading("cycle_times") as (conn, checkpoint):
-            rows = [dict(row) for row in conn.execute(
-                select(table.c.id, table.c.csm, table.c.to_at, table.c.days)
-                .where(table.c.generation == checkpoint.generation, table.c.stage == "committed_to_published",
-                       table.c.to_at >= start, table.c.to_at < end)
-                .order_by(table.c.to_at, table.c.id)).mappings()]
-        return Answer(rows, "cycle_times", checkpoint.mark())
+    def candidate_count(self, *, since: datetime | None = None) -> int:
+        table = candidates
+        query = select(func.count()).where(self.rows(table), table.c.candidate.is_(True))
+        if since is not None:
+            query = query.where(table.c.candidate_since >= since)
+        return self.conn.execute(query).scalar_one()
 
+    def published_between(self, start: datetime, end: datetime, *, limit: int | None = None) -> Answer:
+        """Records first published in [start, end), with how long they took from the commitment, and
+        their CSM."""
+        stages, records = cycle_stages, pipeline_records
+        query = (select(stages.c.id, records.c.csm, stages.c.to_at, stages.c.days)
+                 .join(records, and_(records.c.id == stages.c.id, self.rows(records)))
+                 .where(self.rows(stages), stages.c.stage == "committed_to_published", stages.c.to_at >= start,
+                        stages.c.to_at < end)
+                 .order_by(stages.c.to_at, stages.c.id))
+        if limit is not None:
+            query = query.limit(limit)
+        return self.answer([dict(row) for row in self.conn.execute(query).mappings()])
 
-def _encode_blocker_cursor(csm: str, since: datetime, stream_id: str, seq: int) -> str:
-    return cursors.encode([csm, since.isoformat(), stream_id, seq])
+    def published_count(self, start: datetime, end: datetime) -> int:
+        stages = cycle_stages
+        return self.conn.execute(select(func.count()).where(
+            self.rows(stages), stages.c.stage == "committed_to_published", stages.c.to_at >= start,
+            stages.c.to_at < end)).scalar_one()
 
 
 def _decode_blocker_cursor(cursor: str) -> tuple[str, datetime, str, int]:
@@ -171,20 +309,15 @@ def _decode_blocker_cursor(cursor: str) -> tuple[str, datetime, str, int]:
     return cursors.decode(cursor, parse)
 
 
-def _days_by_quarter(conn: Connection, table, name, moment, checkpoint: Checkpoint, start, end,
-                     csm) -> dict[str, dict[str, list[float]]]:
-    """Day counts by name (a stage or a role), then by the quarter of ``moment``, within the filters."""
-    conditions = [table.c.generation == checkpoint.generation]
-    if start is not None:
-        conditions.append(moment >= start)
-    if end is not None:
-        conditions.append(moment <= end)
-    if csm:
-        conditions.append(table.c.csm == csm)
-    out: dict[str, dict[str, list[float]]] = {}
-    for key, at, days in conn.execute(select(name, moment, table.c.days).where(and_(*conditions))):
-        out.setdefault(key, {}).setdefault(quarter_of(at), []).append(days)
-    return out
+def _decode_stuck_cursor(cursor: str) -> tuple[str, datetime, str, str]:
+    def parse(values: list) -> tuple[str, datetime, str, str]:
+        csm, holds_after, stream_id, code = values
+        holds_after = datetime.fromisoformat(holds_after)
+        if not (isinstance(csm, str) and isinstance(stream_id, str) and code in RULE_OF and holds_after.tzinfo):
+            raise ValueError(values)
+        return csm, holds_after, stream_id, code
+
+    return cursors.decode(cursor, parse)
 
 
 def _counts(rows) -> dict[str, Any]:
@@ -194,3 +327,16 @@ def _counts(rows) -> dict[str, Any]:
         by_status[status] += count
         by_csm.setdefault(csm or "", _zeros())[status] += count
     return {"total": sum(by_status.values()), "by_status": by_status, "by_csm": by_csm}
+
+
+def _by_code_and_csm(rows) -> dict[str, Any]:
+    """(code, csm, count) rows as counts by code, and by CSM (in all and by code)."""
+    by_code: dict[str, int] = {}
+    by_csm: dict[str, dict[str, int]] = {}
+    for code, csm, count in rows:
+        by_code[code] = by_code.get(code, 0) + count
+        entry = by_csm.setdefault(csm or "", {"count": 0})
+        entry["count"] += count
+        entry[code] = entry.get(code, 0) + count
+    return {"count": sum(by_code.values()), "by_code": dict(sorted(by_code.items())),
+            "by_csm": dict(sorted(by_csm.items()))}

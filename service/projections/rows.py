@@ -1,41 +1,140 @@
-"""Writing projection rows into a generation: COPY on PostgreSQL (a rebuild writes millions of rows),
-inserts on SQLite; a batch replaces the rows of the records it touched."""
+"""Writing what a pass projected: row versions, and what the projections hold for each record.
+
+A rebuild writes into an empty generation, so it only adds rows. A live batch first ends the
+versions its changes replace (``valid_to`` = the recorded time of the first change; a version that
+would end where it began was never visible, and is deleted), then adds the new ones, all in the
+batch's transaction. Each step is one statement per table whatever the batch's size: on
+PostgreSQL a join against the batch's keys sent as one JSON document, and COPY for new rows; on
+SQLite, which runs in-process, the driver's own executemany.
+"""
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Iterable, Sequence
 
-from psycopg.types.json import Jsonb
-from sqlalchemy import JSON, Connection, delete
+import orjson
+from sqlalchemy import JSON, Boolean, Connection, DateTime, Integer, Table, select
+from sqlalchemy.types import TypeDecorator
 
-from service.projections.projectors import Projector, Rows
-
-
-def insert_rows(conn: Connection, projector: Projector, generation: int, stream_rows: dict[str, Rows]) -> None:
-    """Add each record's rows (by record id) to ``generation`` of the projector's tables."""
-    for table in projector.tables:
-        rows = [row for rows in stream_rows.values() for row in rows.get(table, ())]
-        if not rows:
-            continue
-        if conn.dialect.name == "postgresql":
-            _copy(conn, table, generation, rows)
-        else:
-            conn.execute(table.insert(), [{**row, "generation": generation} for row in rows])
+from service.projections.projectors import Changes
+from service.projections.tables import record_states
 
 
-def _copy(conn: Connection, table, generation: int, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL's COPY, in the connection's transaction: a rebuild writes millions of rows,
-    and row-by-row inserts cost more than projecting them."""
-    columns = [column.name for column in table.c if column.name != "generation"]
-    json_columns = {column.name for column in table.c if isinstance(column.type, JSON)}
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy(f"COPY {table.name} (generation, {', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([generation, *(Jsonb(row[c]) if c in json_columns else row[c] for c in columns)])
+def key_columns(table: Table) -> list[str]:
+    """A projection table's key: its primary key but the generation and the version's start."""
+    return [str(c.name) for c in table.primary_key.columns if c.name not in ("generation", "valid_from")]
 
 
-def replace_rows(conn: Connection, projector: Projector, generation: int, stream_rows: dict[str, Rows]) -> None:
-    """Put each record's rows in place of the ones ``generation`` holds for it."""
-    ids = list(stream_rows)
-    for table in projector.tables:
-        conn.execute(delete(table).where(table.c.generation == generation, table.c.id.in_(ids)))
-    insert_rows(conn, projector, generation, stream_rows)
+def new_rows(changes: Changes, table: Table) -> list[dict[str, Any]]:
+    """Every version ``changes`` make in ``table``, as rows with their key columns."""
+    names = key_columns(table)
+    return [{**dict(zip(names, key)), **row} for key, _first, rows in changes.versions(table) for row in rows]
+
+
+def add_rows(conn: Connection, table: Table, generation: int, rows: list[dict[str, Any]]) -> None:
+    """Add rows (each with its key columns) to ``generation`` of ``table``."""
+    if not rows:
+        return
+    columns = [column for column in table.c if column.name != "generation"]
+    if conn.dialect.name == "postgresql":
+        as_json = {column.name for column in columns if _kind(column) == "json"}
+        cursor = conn.connection.driver_connection.cursor()
+        names = [column.name for column in columns]
+        with cursor.copy(f"COPY {table.name} (generation, {', '.join(names)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([generation, *(_json(row[c]) if c in as_json else row.get(c) for c in names)])
+        return
+    convert = [(column.name, _SQLITE[_kind(column)]) for column in columns]
+    conn.connection.driver_connection.executemany(
+        f"INSERT INTO {table.name} (generation, {', '.join(name for name, _ in convert)}) "
+        f"VALUES (?{', ?' * len(convert)})",
+        [(generation, *(to_sqlite(row.get(name)) for name, to_sqlite in convert)) for row in rows])
+
+
+def apply_changes(conn: Connection, table: Table, generation: int, changes: Changes) -> None:
+    """Write a live batch's changes to ``table``: end the versions they replace, then add the new ones."""
+    names = key_columns(table)
+    ends = [(key, first) for key, first, _rows in changes.versions(table)]
+    if not ends:
+        return
+    ids = sorted({key[0] for key, _ in ends})
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        types = ", ".join(f"{name} {_PG_TYPES[_kind(table.c[name])]}" for name in names)
+        driver.execute(
+            f"UPDATE {table.name} AS t SET valid_to = v.valid_to "
+            f"FROM jsonb_to_recordset(%s::jsonb) AS v({types}, valid_to timestamptz) "
+            f"WHERE t.generation = %s AND {' AND '.join(f't.{n} = v.{n}' for n in names)} AND t.valid_to IS NULL",
+            (_json([{**dict(zip(names, key)), "valid_to": first} for key, first in ends]), generation))
+        driver.execute(f"DELETE FROM {table.name} WHERE generation = %s AND id = ANY(%s) AND valid_from = valid_to",
+                       (generation, ids))
+    else:
+        # "(valid_to IS NULL) = 1": the key finds the row; written plainly, SQLite (which keeps no
+        # statistics here) may pick a partial "now" index instead and scan every open row.
+        driver.executemany(
+            f"UPDATE {table.name} SET valid_to = ? WHERE generation = ? AND "
+            f"{' AND '.join(f'{n} = ?' for n in names)} AND (valid_to IS NULL) = 1",
+            [(_sqlite_time(first), generation, *key) for key, first in ends])
+        driver.executemany(f"DELETE FROM {table.name} WHERE generation = ? AND id = ? AND valid_from = valid_to",
+                           [(generation, stream_id) for stream_id in ids])
+    add_rows(conn, table, generation, new_rows(changes, table))
+
+
+def load_states(conn: Connection, generation: int, stream_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What the projections hold for each of these records (those they have seen)."""
+    query = (select(record_states.c.id, record_states.c.state)
+             .where(record_states.c.generation == generation, record_states.c.id.in_(list(stream_ids))))
+    return {row.id: row.state for row in conn.execute(query)}
+
+
+def save_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
+    """Keep what the projections hold for each record, (id, version, state), added or replaced."""
+    states = list(states)
+    if not states:
+        return
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        driver.execute(
+            "INSERT INTO proj_record_states (generation, id, version, state) "
+            "SELECT %s, s.id, s.version, s.state FROM jsonb_to_recordset(%s::jsonb) AS s(id text, version int, state jsonb) "
+            "ON CONFLICT (generation, id) DO UPDATE SET version = excluded.version, state = excluded.state",
+            (generation, _json([{"id": i, "version": v, "state": s} for i, v, s in states])))
+    else:
+        driver.executemany(
+            "INSERT INTO proj_record_states (generation, id, version, state) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (generation, id) DO UPDATE SET version = excluded.version, state = excluded.state",
+            [(generation, i, v, _json(s)) for i, v, s in states])
+
+
+def add_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
+    """Add what the projections hold for records new to ``generation`` (a rebuild's)."""
+    add_rows(conn, record_states, generation, [{"id": stream_id, "version": version, "state": state}
+                                               for stream_id, version, state in states])
+
+
+def _kind(column) -> str:
+    kind = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
+    if isinstance(kind, JSON):
+        return "json"
+    if isinstance(kind, DateTime):
+        return "time"
+    if isinstance(kind, Boolean):
+        return "bool"
+    if isinstance(kind, Integer):
+        return "int"
+    return "other"
+
+
+def _json(value: Any) -> str:
+    """JSON as the projections write it: keys sorted, so that equal documents are equal text."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """A time as the UTCDateTime column keeps it on SQLite: naive UTC text that sorts."""
+    return None if value is None else value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+
+
+_PG_TYPES = {"int": "integer", "other": "text", "time": "timestamptz", "bool": "boolean", "json": "jsonb"}
+_SQLITE = {"json": _json, "time": _sqlite_time, "bool": lambda value: None if value is None else int(value),
+           "int": lambda value: value, "other": lambda value: value}

@@ -1,39 +1,40 @@
-"""Following the feed: each projector reads batches after its checkpoint and keeps its tables in step.
+"""Following the feed: one pass over each batch folds its events into every projection.
 
-Catching up reads a batch of the feed after a projector's checkpoint and, in one transaction
-holding the checkpoint row, replaces the rows of every record the batch touches (projected
-from that record's events up to the batch) and moves the checkpoint. Either both happen or
-neither, so a projector that stops anywhere resumes from its checkpoint with no row missed or
-doubled, and running a batch twice gives the same rows.
+A step reads a batch of the feed after the checkpoint, with what the projections hold for each
+record the batch touches, in one read-only snapshot. It folds each record's new events onto that
+(never replaying a stream from its first event), then, in one short transaction holding the
+checkpoint row, writes the changed row versions and what the projections now hold, and moves the
+checkpoint. Either all of it happens or none, so a runner that stops anywhere resumes from the
+checkpoint with no row missed or doubled. A batch never splits one append's events.
 """
 from __future__ import annotations
 
 import os
 import threading
-import time
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import structlog
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from service.events.db import transaction
-from service.events.event import EVENT_COLUMNS, StoredEvent, stored_event
-from service.events.feed import Feed, Lag
-from service.events.tables import events
+from service.events.event import StoredEvent
+from service.events.feed import Feed, Mark
 from service.projections.checkpoints import Checkpoints, ProjectionFailed
-from service.projections.projectors import EventNotProjected, Projector, choose, project
+from service.projections.projectors import Changes, EventNotProjected, Projector, fold, start
 from service.projections.rebuild import ProjectionBusy, Rebuilder
-from service.projections.rows import replace_rows
-from service.projections.tables import projection_checkpoints
+from service.projections.rows import apply_changes, load_states, save_states
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.projections")
 
+HELD_IN_MEMORY = 20_000  # records whose projected state a runner keeps between batches
+APPEND_MAX = 100  # events in one append (service/events/schemas.py's MAX_BATCH), so a batch can end with one
+
 
 class ProjectionRunner:
-    """Keeps the projectors' tables in step with the feed."""
+    """Keeps the projections' tables in step with the feed."""
 
     def __init__(self, engine: Engine, feed: Feed, projectors: dict[str, Projector], *,
                  clock: Callable[[], datetime] = utcnow, batch: int = 500):
@@ -42,142 +43,158 @@ class ProjectionRunner:
         self.projectors = projectors
         self.clock = clock
         self.batch = batch
-        self.checkpoints = Checkpoints(engine, projectors, clock=clock)
+        self.checkpoints = Checkpoints(engine, clock=clock)
         self.rebuilder = Rebuilder(engine, feed, projectors, self.checkpoints, clock=clock)
+        # What this runner last wrote for each record, good while the checkpoint is still the one it
+        # wrote with (nobody else has moved it since): a batch then reads only the records it has not.
+        self._held: dict[str, dict[str, Any]] = {}
+        self._held_at: tuple[int, int] | None = None
 
-    def catch_up(self, names: Iterable[str] | None = None, *, max_batches: int | None = None) -> dict[str, int]:
-        """Project what the feed has after each checkpoint; the events read per projector.
+    def catch_up(self, *, max_batches: int | None = None) -> int:
+        """Project what the feed has after the checkpoint; the number of events read.
 
-        Raises ProjectionFailed (after recording it) when a projector cannot project an event."""
-        chosen = choose(self.projectors, names)
+        Raises ProjectionFailed (after recording it) when an event cannot be projected."""
         self.checkpoints.ensure()
-        done = {name: 0 for name in chosen}
-        for name in chosen:
-            batches = 0
-            while max_batches is None or batches < max_batches:
-                read = self.step(name)
-                if not read:
-                    break
-                done[name] += read
-                batches += 1
+        done = batches = 0
+        while max_batches is None or batches < max_batches:
+            read = self.step()
+            if not read:
+                break
+            done += read
+            batches += 1
         return done
 
-    def step(self, name: str) -> int:
-        """Project one batch of the feed for ``name``; the number of events it read.
+    def step(self) -> int:
+        """Project one batch of the feed; the number of events it read.
 
-        The batch is read and projected in a read-only snapshot, then written in a short
-        transaction that holds the checkpoint row, and only if nobody moved the checkpoint or
-        swapped generations meanwhile: a writing transaction holds the feed back while it is open."""
-        projector = self.projectors[name]
+        The batch is read and folded in a read-only snapshot, then written in a short transaction
+        that holds the checkpoint row, and only if nobody moved the checkpoint or swapped
+        generations meanwhile: a writing transaction holds the feed back while it is open."""
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            checkpoint = self.checkpoints.get(conn, name)
-            page = self.feed.read_in(conn, after=checkpoint.position, limit=self.batch)
-            if not page.events:
+            checkpoint = self.checkpoints.get(conn)
+            batch = self._batch(conn, checkpoint.position)
+            if not batch:
                 return 0
-            streams = self._streams_of(conn, page.events)
+            streams: dict[str, list[StoredEvent]] = {}
+            for event in batch:
+                streams.setdefault(event.stream_id, []).append(event)
+            if self._held_at != (checkpoint.position, checkpoint.generation):
+                self._forget()
+            held = {stream_id: self._held.pop(stream_id) for stream_id in streams if stream_id in self._held}
+            held.update(load_states(conn, checkpoint.generation, [s for s in streams if s not in held]))
+        changes = Changes()
+        chosen = list(self.projectors.values())
         try:
-            stream_rows = {stream_id: project(stream_id, stream, [projector])[name]
-                           for stream_id, stream in streams.items()}
+            folded = [(stream_id, events[-1].version,
+                       fold(stream_id, held.get(stream_id) or start(stream_id), events, chosen, changes))
+                      for stream_id, events in streams.items()]
         except EventNotProjected as error:
-            failure = ProjectionFailed(name, error)
+            self._forget()  # what was folded before the failure is not what is stored
+            failure = ProjectionFailed(error)
             self.checkpoints.record_error(failure)
-            log.error("projection_failed", projector=name, position=failure.position,
-                      stream_id=failure.stream_id, error=str(failure))
+            log.error("projection_failed", position=failure.position, stream_id=failure.stream_id, error=str(failure))
             raise failure from error
-        last = page.events[-1]
-        with transaction(self.engine) as conn:
-            current = self.checkpoints.get(conn, name, lock=True)
-            if (current.position, current.generation) != (checkpoint.position, checkpoint.generation):
-                return 0  # another runner or a rebuild got there first; the next step starts from theirs
-            replace_rows(conn, projector, checkpoint.generation, stream_rows)
-            conn.execute(update(projection_checkpoints).where(projection_checkpoints.c.name == name)
-                         .values(position=last.position, event_recorded_at=last.recorded_at,
-                                 updated_at=self.clock(), failing=False))
-        log.info("projection_advanced", projector=name, position=last.position, events=len(page.events),
-                 records=len(stream_rows))
-        return len(page.events)
+        last = batch[-1]
+        try:
+            with transaction(self.engine) as conn:
+                current = self.checkpoints.get(conn, lock=True)
+                if (current.position, current.generation) != (checkpoint.position, checkpoint.generation):
+                    self._forget()
+                    return 0  # another runner or a rebuild got there first; the next step starts from theirs
+                for table in changes.by_table:
+                    apply_changes(conn, table, checkpoint.generation, changes)
+                save_states(conn, checkpoint.generation, folded)
+                self.checkpoints.move(conn, Mark(last.position, last.recorded_at))
+        except BaseException:
+            self._forget()
+            raise
+        self._remember(folded, (last.position, checkpoint.generation))
+        log.info("projection_advanced", position=last.position, events=len(batch), records=len(streams))
+        return len(batch)
 
-    @staticmethod
-    def _streams_of(conn: Connection, batch: Sequence[StoredEvent]) -> dict[str, list[StoredEvent]]:
-        """Each touched stream's events up to the last of its events in ``batch``."""
-        upto: dict[str, int] = {}
-        for event in batch:
-            upto[event.stream_id] = max(upto.get(event.stream_id, 0), event.version)
-        streams: dict[str, list[StoredEvent]] = {stream_id: [] for stream_id in upto}
-        for row in conn.execute(select(*EVENT_COLUMNS).where(events.c.stream_id.in_(list(upto)))
-                                .order_by(events.c.stream_id, events.c.version)):
-            event = stored_event(row)
-            if event.version <= upto[event.stream_id]:
-                streams[event.stream_id].append(event)
-        return streams
+    def _remember(self, folded: list[tuple[str, int, dict[str, Any]]], at: tuple[int, int]) -> None:
+        for stream_id, _version, held in folded:
+            self._held[stream_id] = held
+        while len(self._held) > HELD_IN_MEMORY:
+            del self._held[next(iter(self._held))]
+        self._held_at = at
+
+    def _forget(self) -> None:
+        self._held.clear()
+        self._held_at = None
+
+    def _batch(self, conn: Connection, after: int) -> list[StoredEvent]:
+        """Up to ``batch`` events after position ``after``, and the rest of the append the last one
+        belongs to: an append's events share a stream and a recorded time, and are read together."""
+        page = self.feed.read_in(conn, after=after, limit=self.batch).events
+        if len(page) < self.batch:
+            return page
+        last = page[-1]
+        rest = self.feed.read_in(conn, after=last.position, limit=APPEND_MAX).events
+        for event in rest:
+            if (event.stream_id, event.recorded_at) != (last.stream_id, last.recorded_at):
+                break
+            page.append(event)
+        return page
 
     def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,
             parent_pid: int | None = None) -> None:
         """Follow the feed until ``stop`` is set (or process ``parent_pid`` is gone).
 
-        A projector found at the start of a store that has events is rebuilt first (one pass
-        over the store) rather than followed event by event. A failing projector, or a database
-        that cannot be reached, is retried with backoff up to ``max_backoff`` seconds."""
-        retry_at: dict[str, float] = {}
-        backoff: dict[str, float] = {}
-        ready = False
+        Projections found at the start of a store that has events are rebuilt first (one pass
+        over the store) rather than followed batch by batch. A failing batch, or a database that
+        cannot be reached, is retried with backoff up to ``max_backoff`` seconds."""
+        delay, ready = poll_seconds, False
         while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
-            progressed = False
-            for name in self.projectors:
-                if retry_at.get(name, 0.0) > time.monotonic():
-                    continue
-                try:
-                    if not ready:
-                        self.checkpoints.ensure()
-                        ready = True
-                    progressed |= self._advance(name) > 0
-                    backoff.pop(name, None)
-                except Exception as error:  # the worker outlives any one failure; it retries with backoff
-                    delay = min(max_backoff, backoff.get(name, poll_seconds / 2) * 2)
-                    backoff[name], retry_at[name] = delay, time.monotonic() + delay
-                    if isinstance(error, DBAPIError):
-                        log.warning("projection_database_error", projector=name, retry_in=delay,
-                                    error=str(error.orig).splitlines()[0] if error.orig else str(error))
-                    elif not isinstance(error, (ProjectionFailed, ProjectionBusy)):
-                        log.exception("projection_unexpected_error", projector=name, retry_in=delay)
+            try:
+                if not ready:
+                    self.checkpoints.ensure()
+                    ready = True
+                progressed = self._advance()
+                delay = poll_seconds
+            except Exception as error:  # the worker outlives any one failure; it retries with backoff
+                delay = min(max_backoff, delay * 2)
+                if isinstance(error, DBAPIError):
+                    log.warning("projection_database_error", retry_in=delay,
+                                error=str(error.orig).splitlines()[0] if error.orig else str(error))
+                elif not isinstance(error, (ProjectionFailed, ProjectionBusy)):
+                    log.exception("projection_unexpected_error", retry_in=delay)
+                stop.wait(delay)
+                continue
             if not progressed:
                 stop.wait(poll_seconds)
 
-    def _advance(self, name: str) -> int:
+    def _advance(self) -> int:
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
-            at_start = self.checkpoints.get(conn, name).position == 0 and self.feed.head(conn).position > 0
+            at_start = self.checkpoints.get(conn).position == 0 and self.feed.head(conn).position > 0
         if at_start:
-            self.rebuilder.rebuild([name])
+            self.rebuilder.rebuild()
             return 1
-        return self.step(name)
+        return self.step()
 
     def status(self) -> dict[str, Any]:
-        """Each projector's checkpoint, lag (events and seconds) and last error, and the feed's head."""
+        """The checkpoint, the lag behind the feed (events and seconds), the last error, and the feed's head."""
         now = self.clock()
-        out = []
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:
             head = self.feed.head(conn)
-            held_back = 0
-            for name, projector in self.projectors.items():
-                checkpoint = self.checkpoints.get(conn, name)
-                lag: Lag = self.feed.lag(conn, checkpoint.position)
-                held_back = max(held_back, lag.held_back)
-                out.append({
-                    "name": name,
-                    "description": projector.description,
-                    "generation": checkpoint.generation,
-                    "checkpoint": checkpoint.mark().to_dict(),
-                    "updated_at": checkpoint.updated_at.isoformat() if checkpoint.updated_at else None,
-                    "lag_events": lag.events,
-                    "lag_seconds": round(max(0.0, (now - lag.oldest).total_seconds()), 3) if lag.oldest else 0.0,
-                    "failing": checkpoint.failing,
-                    "last_error": None if checkpoint.last_error is None else {
-                        "message": checkpoint.last_error,
-                        "position": checkpoint.last_error_position,
-                        "at": checkpoint.last_error_at.isoformat() if checkpoint.last_error_at else None,
-                    },
-                })
-            blocker = self.feed.oldest_open_writer(conn) if held_back else None
+            checkpoint = self.checkpoints.get(conn)
+            lag = self.feed.lag(conn, checkpoint.position)
+            blocker = self.feed.oldest_open_writer(conn) if lag.held_back else None
+        shared = {
+            "generation": checkpoint.generation,
+            "checkpoint": checkpoint.mark().to_dict(),
+            "updated_at": checkpoint.updated_at.isoformat() if checkpoint.updated_at else None,
+            "lag_events": lag.events,
+            "lag_seconds": round(max(0.0, (now - lag.oldest).total_seconds()), 3) if lag.oldest else 0.0,
+            "failing": checkpoint.failing,
+            "last_error": None if checkpoint.last_error is None else {
+                "message": checkpoint.last_error,
+                "position": checkpoint.last_error_position,
+                "at": checkpoint.last_error_at.isoformat() if checkpoint.last_error_at else None,
+            },
+        }
         return {"head": head.to_dict(),
-                "held_back": {"events": held_back, "by_transaction": blocker},
-                "projectors": out}
+                "held_back": {"events": lag.held_back, "by_transaction": blocker},
+                **shared,
+                "projectors": [{"name": name, "description": projector.description, **shared}
+                               for name, projector in self.projectors.items()]}

@@ -1,4 +1,4 @@
 """Reports for people: the weekly review's content, and its Markdown and HTML templates.
 
-May import: service.domain and service.projections.
+May import: service.domain, service.projections and service.links (the report links the long lists).
 """

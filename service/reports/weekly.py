@@ -1,10 +1,12 @@
 """The weekly review (DOMAIN.md): how many are in progress, which are stuck, what blocks publication.
 
-The report covers the week that ends at ``as_of`` (default now) in business time: counts by
-status then and a week before, stuck records with reasons grouped by CSM, what blocks
-publication, new candidates, what was published, and cycle times. It is assembled from the
-projections (and the stuck list), and says how far each had read. The Markdown and HTML forms
-are the templates beside this file.
+The report covers the week that ends at ``as_of`` (default now): the pipeline then and a week
+before (business time), what is stuck and what blocks publication counted by rule and by CSM,
+what became a candidate and what was published that week, and cycle times. It is a summary at
+any size: the long lists are linked (the stuck list, the blockers), and the short ones are cut
+at LISTED with their count. Every section is read from one view of the projections, as known at
+``as_of``, and the report names the feed position it reflects. The Markdown and HTML forms are
+the templates beside this file.
 """
 from __future__ import annotations
 
@@ -15,37 +17,38 @@ from jinja2 import Environment, PackageLoader
 
 from service.domain import STATUS_LABELS
 from service.domain.reporting import quarter_of
-from service.projections.queries import Answer, Projections
-from service.projections.stuck import StuckList, StuckRow
+from service.links import Links
+from service.projections.queries import Answer, View
 
 WEEK = timedelta(days=7)
+LISTED = 50  # candidates and publications a report names; the rest are counted
 
 
-def weekly_report(projections: Projections, stuck_list: StuckList, *, as_of: datetime,
-                  now: datetime) -> dict[str, Any]:
-    """Everything the weekly review asks, for the week ending at ``as_of``."""
+def weekly_report(view: View, links: Links, *, as_of: datetime) -> dict[str, Any]:
+    """Everything the weekly review asks, for the week ending at ``as_of``, from one view."""
     start = as_of - WEEK
-    counts_now = projections.counts_at(as_of)
-    counts_before = projections.counts_at(start)
-    blockers = projections.blockers(as_of=None if as_of >= now else as_of)
-    new_candidates = projections.candidates(since=start)
-    published = projections.published_between(start, as_of)
-    cycle = projections.cycle_times(end=as_of)
+    when = {"as_of": as_of.isoformat()}
+    candidates = view.candidates(since=start, limit=LISTED)
+    published = view.published_between(start, as_of, limit=LISTED)
     return {
         "as_of": as_of.isoformat(),
         "week_from": start.isoformat(),
-        **_counts(counts_now, counts_before),
-        "stuck": _stuck(stuck_list.find(as_of=as_of, now=now)),
-        "blocking_publication": _blocking(blockers),
-        "new_candidates": [{"id": r["id"], "csm": r["csm"], "account_name": r["account_name"],
-                            "kpi_improvement_pct": r["kpi_improvement_pct"], "best_metric": r["best_metric"],
-                            "nps": r["nps"], "candidate_since": r["candidate_since"].isoformat()}
-                           for r in new_candidates.value if r["candidate_since"] <= as_of],
-        "published": [{"id": r["id"], "csm": r["csm"], "published_at": r["to_at"].isoformat(),
-                       "days_from_commitment": r["days"]} for r in published.value],
-        "cycle_times": _cycle_times(cycle, quarter_of(as_of)),
-        "read_to": {answer.projector: answer.read_to.to_dict()
-                    for answer in (counts_now, blockers, new_candidates, cycle)},
+        **_counts(view.counts_at(as_of), view.counts_at(start)),
+        "stuck": {**view.stuck_counts().value, "list": links.to("/projections/stuck", when)},
+        "blocking_publication": {**view.blocked_counts().value, "list": links.to("/projections/blockers", when)},
+        "new_candidates": {
+            "count": view.candidate_count(since=start),
+            "items": [{"id": r["id"], "csm": r["csm"], "account_name": r["account_name"],
+                       "kpi_improvement_pct": r["kpi_improvement_pct"], "best_metric": r["best_metric"],
+                       "nps": r["nps"], "candidate_since": r["candidate_since"].isoformat()}
+                      for r in candidates.value],
+            "list": links.to("/projections/candidates", {"since": start.isoformat()})},
+        "published": {
+            "count": view.published_count(start, as_of),
+            "items": [{"id": r["id"], "csm": r["csm"], "published_at": r["to_at"].isoformat(),
+                       "days_from_commitment": r["days"]} for r in published.value]},
+        "cycle_times": _cycle_times(view.cycle_times(end=as_of), quarter_of(as_of)),
+        "projection": view.answer(None).projection(),
     }
 
 
@@ -56,31 +59,6 @@ def _counts(now: Answer, before: Answer) -> dict[str, Any]:
                                 "change": by_now[status] - by_before[status]}
                        for status, label in STATUS_LABELS.items()},
             "total": {"now": now.value["total"], "week_before": before.value["total"]}}
-
-
-def _stuck(rows: list[StuckRow]) -> dict[str, Any]:
-    """Stuck findings grouped by CSM."""
-    by_csm: dict[str, list[dict]] = {}
-    for row in rows:
-        by_csm.setdefault(row.record.csm or "", []).append({
-            "id": row.record.id, "account_name": (row.record.account or {}).get("name"),
-            "status": row.record.state, "code": row.finding.code, "reason": row.finding.reason,
-            "days": row.finding.days})
-    return {"count": len(rows), "by_csm": dict(sorted(by_csm.items()))}
-
-
-def _blocking(blockers: Answer) -> dict[str, Any]:
-    """What blocks publication, per record and counted per code."""
-    by_record: dict[str, dict[str, Any]] = {}
-    by_code: dict[str, int] = {}
-    for row in blockers.value:
-        entry = by_record.setdefault(row["id"], {"id": row["id"], "csm": row["csm"],
-                                                 "account_name": row["account_name"], "status": row["status"],
-                                                 "blockers": []})
-        entry["blockers"].append({"code": row["code"], "reason": row["reason"], "since": row["since"].isoformat()})
-        by_code[row["code"]] = by_code.get(row["code"], 0) + 1
-    return {"records": len(by_record), "by_code": dict(sorted(by_code.items())),
-            "items": sorted(by_record.values(), key=lambda e: (e["csm"] or "", e["id"]))}
 
 
 def _cycle_times(cycle: Answer, quarter: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import auth, problem, unique_id
+from tests.conftest import auth, problem, project, unique_id
 from tests.factories import COMMITTED, PATHS, VALID_DATA
 
 
@@ -373,12 +373,13 @@ def test_the_pipeline_counts_by_status_and_by_csm(client, keys, services):
     assert rows[csm]["not_started"] == "2" and rows[csm]["total"] == "5"
 
 
-def test_stuck_lists_records_with_code_reason_and_details_as_json_and_csv(client, keys):
+def test_stuck_lists_records_with_code_reason_and_details_as_json_and_csv(client, keys, services):
     csm = unique_id("csm")
     stream = unique_id("late")
     assert post(client, keys["writer"], stream, {"type": "committed", "data": {**COMMITTED, "csm": csm},
                                                   "occurred_at": "2026-01-01T09:00:00Z"}).status_code == 201
     fresh = make(client, keys["writer"], "not_started", csm=csm)
+    project(services)
     answer = client.get("/projections/stuck", query_string={"csm": csm}, headers=auth(keys["reader"])).get_json()
     assert [item["id"] for item in answer["items"]] == [stream]
     [item] = answer["items"]
@@ -548,6 +549,7 @@ def test_stuck_as_of_a_past_moment_replays_what_was_known_then(client, keys, ser
                                           "occurred_at": "2026-01-01T09:00:00Z"})
     between = services.store.load(stream)[0].recorded_at
     assert post(client, keys["writer"], stream, {"type": "started"}).status_code == 201
+    project(services)
     # now it is in progress and not stuck; just after the commit was recorded it was not started,
     # committed 2026-01-01, and so already stuck
     now = client.get("/projections/stuck", query_string={"csm": csm}, headers=auth(keys["reader"])).get_json()
@@ -584,3 +586,26 @@ def test_revoking_through_the_same_process_takes_effect_at_once(database):
     assert keys.authenticate(key) is not None
     keys.revoke(name)
     assert keys.authenticate(key) is None
+
+
+def test_a_client_reads_its_own_write_by_passing_the_position_its_append_answered(client, keys, services,
+                                                                                monkeypatch):
+    import threading
+
+    csm = unique_id("csm")
+    appended = post(client, keys["writer"], unique_id("own"), {"type": "committed", "data": {**COMMITTED, "csm": csm}})
+    position = appended.get_json()["position"]
+    ask = {"min_position": position, "csm": csm}
+    monkeypatch.setattr(services.projections, "wait_seconds", 0.2)
+    behind = client.get("/projections/pipeline", query_string=ask, headers=auth(keys["reader"]))
+    assert problem(behind, 503, "projection_behind")["min_position"] == position
+    assert behind.headers["Retry-After"] == "1"
+    monkeypatch.setattr(services.projections, "wait_seconds", 10.0)
+    worker = threading.Timer(0.3, project, args=(services,))  # the projections get there while the read waits
+    worker.start()
+    answer = client.get("/projections/pipeline", query_string=ask, headers=auth(keys["reader"]))
+    worker.join()
+    assert answer.status_code == 200 and answer.get_json()["by_csm"][csm]["not_started"] == 1
+    assert answer.get_json()["projection"]["position"] >= position
+    problem(client.get("/projections/stuck", query_string={"min_position": 9_999_999_999},
+                       headers=auth(keys["reader"])), 400, "unknown_position")

@@ -165,8 +165,9 @@ def test_projection_status_lists_every_projector_with_checkpoint_lag_and_error(c
     services.store.append(unique_id("lag"), [NewEvent("committed", COMMITTED)], actor="tests")
     settle(services.feed)
     answer = client.get("/projections/status", headers=auth(keys["reader"])).get_json()
-    assert [p["name"] for p in answer["projectors"]] == ["pipeline", "blockers", "cycle_times", "candidates"]
-    assert all(p["lag_events"] == 1 and p["failing"] is False for p in answer["projectors"])
+    assert [p["name"] for p in answer["projectors"]] == ["pipeline", "blockers", "cycle_times", "candidates", "stuck"]
+    assert answer["lag_events"] == 1 and answer["failing"] is False  # one checkpoint, which every projector shares
+    assert all(p["lag_events"] == 1 and p["checkpoint"] == answer["checkpoint"] for p in answer["projectors"])
     assert answer["head"]["position"] == services.feed.head().position
     as_csv = client.get("/projections/status", query_string={"format": "csv"}, headers=auth(keys["reader"]))
-    assert as_csv.mimetype == "text/csv" and as_csv.get_data(as_text=True).count("\r\n") == 5
+    assert as_csv.mimetype == "text/csv" and as_csv.get_data(as_text=True).count("\r\n") == 6

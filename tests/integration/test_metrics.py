@@ -73,5 +73,5 @@ def test_metrics_show_the_outbox_and_how_far_each_projector_lags(client, service
 def catch_up(services) -> None:
     settle(services.feed)
     services.runner.checkpoints.ensure()
-    while services.runner.step("pipeline"):
+    while services.runner.step():
         pass

@@ -23,7 +23,7 @@ from service.notifications.dispatcher import SIGNATURE_HEADER
 from service.notifications.subscriptions import SubscriptionError
 from service.notifications.tables import outbox, stuck_announcements, webhook_subscriptions
 from service.times import utcnow
-from tests.conftest import BACKENDS, Database, migrated_database, unique_id
+from tests.conftest import BACKENDS, Database, migrated_database, project, unique_id
 from tests.factories import COMMITTED
 from tests.receiver import Receiver, Response
 
@@ -330,6 +330,7 @@ def test_a_record_that_becomes_stuck_is_announced_once(notify_db):
         services.store.append(old, [NewEvent("committed", COMMITTED, occurred_at=utcnow() - timedelta(days=30))],
                               actor="crm")
         commit(services)  # new, not stuck
+        project(services)  # the scan reads the stuck list, a projection
         sender.run_once()
         slack.received.clear()
         assert sender.scan_stuck() == 1
@@ -339,6 +340,7 @@ def test_a_record_that_becomes_stuck_is_announced_once(notify_db):
         text = message.json()["text"]
         assert text.startswith("1 case study became stuck:") and old in text and "has not started" in text
         services.store.append(old, [NewEvent("started", {})], actor="csm")
+        project(services)
         assert sender.scan_stuck() == 0
         with notify_db.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(stuck_announcements)).scalar() == 0

@@ -7,6 +7,8 @@ undocumented status or content type, or a body that breaks its schema.
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
@@ -35,7 +37,14 @@ def live_app(request, tmp_path_factory):
         services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
         key = services.keys.create("schemathesis", "admin")
         services.store.append("acme-1", [NewEvent("committed", COMMITTED)], actor="seed")  # something to find
-        yield create_app(services=services), key
+        stop = threading.Event()  # the projections follow the writes, as the served worker does
+        follower = threading.Thread(target=services.runner.run, args=(stop,), kwargs={"poll_seconds": 0.02})
+        follower.start()
+        try:
+            yield create_app(services=services), key
+        finally:
+            stop.set()
+            follower.join()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,8 @@ def test_every_endpoint_is_in_the_document_with_its_roles_and_errors(live_app):
     assert len(body["anyOf"]) == 2  # one event, or a batch of them
     assert "#/components/schemas/CommittedRequest" in str(body)
     stuck = document["paths"]["/projections/stuck"]["get"]
-    assert [p["name"] for p in stuck["parameters"]] == ["format", "as_of", "csm", "code"]
+    assert [p["name"] for p in stuck["parameters"]] == ["format", "as_of", "csm", "code", "status", "limit", "cursor",
+                                                         "min_position"]
     assert "text/csv" in stuck["responses"]["200"]["content"]
     assert document["paths"]["/healthz"]["get"]["security"] == []
     assert document["paths"]["/integrations/deals"]["post"]["requestBody"]["content"]["application/json"][

@@ -27,7 +27,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "service.projections": {"service.domain", "service.events", "service.times", "service.cursors"},
     "service.notifications": {"service.domain", "service.events", "service.projections", "service.config",
                               "service.links", "service.times", "service.cursors"},
-    "service.reports": {"service.domain", "service.projections"},
+    "service.reports": {"service.domain", "service.projections", "service.links"},
     "service.migrations": {"service.events", "service.access", "service.notifications", "service.projections"},
     "service.bootstrap": {"service.config", "service.events", "service.access", "service.audit",
                           "service.projections", "service.notifications", "service.links"},

@@ -133,3 +133,24 @@ def test_a_declined_record_is_never_a_candidate_however_good_its_figures():
 def test_an_improvement_too_large_to_represent_is_not_reported():
     record = build(("committed", COMMITTED, 0), metrics("baseline", {"x": 1e-300}), metrics("current", {"x": 1e15}))
     assert readiness(record, 20).kpi_improvement_pct is None
+
+
+@pytest.mark.parametrize("steps", [
+    [("committed", COMMITTED, 0)],
+    [("committed", COMMITTED, 0), ("started", {}, 1)],
+    [("committed", COMMITTED, 0), ("started", {}, 1), metrics("baseline", {"x": 1})],
+    [("committed", COMMITTED, 0), ("started", {}, 1), ("approval_requested", {"approvers": ["legal"]}, 2)],
+    [("committed", COMMITTED, 0), ("held", {"reason": "reorg", "revisit_on": "2026-09-20"}, 1)],
+    [("committed", COMMITTED, 0), ("held", {"reason": "reorg"}, 1)],
+], ids=["not_started", "in_progress", "with_baseline", "awaiting", "held_with_date", "held_without_date"])
+def test_a_rule_holds_exactly_after_the_moment_it_starts(steps):
+    from service.domain.stuck import StuckFacts, stuck_starts
+
+    record = build(*steps)
+    facts = StuckFacts.of(record)
+    starts = stuck_starts(facts, LIMITS)
+    assert starts, "every open status has a rule that can hold"
+    for code, start in starts.items():
+        assert code not in [f.code for f in stuck_findings(record, start, LIMITS)]
+        assert code in [f.code for f in stuck_findings(record, start + timedelta(microseconds=1), LIMITS)]
+    assert StuckFacts.from_dict(facts.to_dict()) == facts
