@@ -95,9 +95,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(40), nullable=False), sa.Column("csm", sa.String(200)),
         sa.Column("account_name", sa.String(200)), sa.Column("kpi_improvement_pct", sa.Float),
         sa.Column("best_metric", sa.String(200)), sa.Column("nps", sa.Integer),
-        sa.Column("msa_clear", sa.Boolean, nullable=False), sa.Column("candidate", sa.Boolean, nullable=False),
-        sa.Column("candidate_since", UTC_TIME)])
-    _now("ix_proj_candidates_now", "proj_candidates", ["generation", "candidate", "candidate_since"])
+        sa.Column("msa_clear", sa.Boolean, nullable=False), sa.Column("candidate_since", UTC_TIME, nullable=False)])
+    _now("ix_proj_candidates_now", "proj_candidates", ["generation", "candidate_since"])
 
     _versioned("proj_stuck", [sa.Column("id", STREAM_ID, primary_key=True),
                               sa.Column("code", sa.String(40), primary_key=True)], [

@@ -161,20 +161,32 @@ def get_events(stream_id: str, from_version: int, limit: int):
 
 
 @bp.get("/case-studies")
-@describe(responses={200: doc.RecordPage})
+@describe(responses={200: doc.RecordPage}, errors=("projection_behind", "unknown_position"))
 @requires(*RECORD_READERS)
 @params.accepts(params.OneOf("status", "only records in this status", list(STATUS_LABELS)), params.CSM,
                 params.Text("account", "only records of this account (its id or its name)"),
                 params.Number("limit", "records per page", default=50, low=1, high=500),
-                params.Text("cursor", "next_cursor of the page before", max_length=400))
-def list_records(status, csm, account, limit: int, cursor):
-    """Records from the state table, filtered and paginated with an opaque cursor."""
+                params.Text("cursor", "next_cursor of the page before", max_length=400),
+                params.AsOf("as_of", "the list as known at this time: the records in the pipeline then, each "
+                                     "as a replay of what had been recorded by then (default now)"),
+                params.MIN_POSITION)
+def list_records(status, csm, account, limit: int, cursor, as_of, min_position: int):
+    """Records filtered and paginated with an opaque cursor: now from the state table (which every
+    append updates, so ``min_position`` is met at once); at a past ``as_of``, from the projections."""
     filters = {"status": status, "csm": csm, "account": account}
-    page = services().records.page(**filters, limit=limit, cursor=cursor)
+    if as_of is not None and as_of < utcnow():
+        with services().projections.view(as_of=as_of, min_position=min_position or None) as view:
+            page = view.record_ids(**filters, limit=limit, cursor=cursor)
+        records, next_cursor = services().store.records_as_of(page.value, as_of), page.next_cursor
+        extra = {"as_of": as_of.isoformat(), "projection": page.projection()}
+    else:
+        page = services().records.page(**filters, limit=limit, cursor=cursor)
+        records, next_cursor, extra = page.records, page.next_cursor, {}
     threshold = services().settings.candidate_kpi_improvement_pct
     next_url = None
-    if page.next_cursor:
-        given = {name: value for name, value in filters.items() if value is not None}
-        next_url = url_for("case_studies.list_records", **given, limit=limit, cursor=page.next_cursor)
-    return {"items": [record_json(record, threshold) for record in page.records],
-            "next_cursor": page.next_cursor, "next": next_url}
+    if next_cursor:
+        given = {name: value for name, value in {**filters, "as_of": request.args.get("as_of")}.items()
+                 if value is not None}
+        next_url = url_for("case_studies.list_records", **given, limit=limit, cursor=next_cursor)
+    return {"items": [record_json(record, threshold) for record in records],
+            "next_cursor": next_cursor, "next": next_url, **extra}

@@ -205,6 +205,10 @@ FORMAT = OneOf("format", "json or csv; without it, the Accept header decides (te
                ("json", "csv"), arg="fmt")
 CSM = Text("csm", "only records of this CSM")
 CURSOR = Text("cursor", "next_cursor of the page before", max_length=1000)
+AS_OF = AsOf("as_of", "as known at this time (what had been recorded by then; default now)")
+MIN_POSITION = Number("min_position", "answer only once the projections have read this position (one an append "
+                      "was answered with); 503 with Retry-After if they do not within a moment",
+                      default=0, low=0, high=9_999_999_999)
 
 
 def accepts(*queries: Query) -> Callable:

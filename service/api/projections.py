@@ -26,10 +26,7 @@ from service.times import iso
 
 bp = Blueprint("projections", __name__)
 
-AS_OF = params.AsOf("as_of", "as known at this time (what had been recorded by then; default now)")
-MIN_POSITION = params.Number("min_position", "answer only once the projections have read this position (one an "
-                             "append was answered with); 503 with Retry-After if they do not within a moment",
-                             default=0, low=0, high=9_999_999_999)
+AS_OF, MIN_POSITION = params.AS_OF, params.MIN_POSITION
 
 
 def _view(as_of=None, min_position: int = 0):

@@ -8,7 +8,6 @@ from service.api import params, services
 from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
-from service.api.projections import MIN_POSITION
 from service.reports.weekly import to_html, to_markdown, weekly_report
 
 bp = Blueprint("reports", __name__)
@@ -30,7 +29,7 @@ def _format(chosen: str | None) -> str:
 @params.accepts(params.OneOf("format", "json, md or html; without it, the Accept header decides", tuple(FORMATS),
                              arg="chosen"),
                 params.AsOf("as_of", "the end of the week to report (default now), as known then"),
-                MIN_POSITION)
+                params.MIN_POSITION)
 def weekly(chosen, as_of, min_position):
     """The weekly review for the week ending at ``as_of`` (default now; a date means its end): a summary,
     with links to the long lists."""

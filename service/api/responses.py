@@ -77,6 +77,8 @@ class RecordPage(_Answer):
     items: list[Record]
     next_cursor: str | None
     next: str | None
+    as_of: str | None = None  # with a past as_of, the time and how far the projections had read
+    projection: ProjectionRead | None = None
 
 
 class StreamEvent(_Answer):

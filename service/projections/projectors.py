@@ -53,19 +53,22 @@ class Changes:
     def end(self, table: Table, key: Key, at: datetime) -> None:
         self.by_table.setdefault(table, {}).setdefault(key, []).append((at, None))
 
-    def versions(self, table: Table) -> Iterable[tuple[Key, datetime, list[dict[str, Any]]]]:
+    def versions(self, table: Table) -> Iterable[tuple[Key, datetime, list[tuple[datetime, datetime | None,
+                                                                          dict[str, Any]]]]]:
         """For each key the table's rows changed at: the recorded time of its first change (where the
-        version before it, if any, ends) and the new versions, ``valid_to`` chained from one to the
-        next. A version that another replaced at the same recorded time was never visible: it is left out."""
+        version before it, if any, ends) and the new versions as (valid_from, valid_to, values),
+        ``valid_to`` chained from one to the next. A version that another replaced at the same
+        recorded time was never visible: it is left out."""
         for key, changes in self.by_table.get(table, {}).items():
-            rows = []
+            versions = []
+            last = len(changes) - 1
             for index, (at, values) in enumerate(changes):
                 if values is None:
                     continue
-                until = changes[index + 1][0] if index + 1 < len(changes) else None
+                until = changes[index + 1][0] if index < last else None
                 if until != at:
-                    rows.append({**values, "valid_from": at, "valid_to": until})
-            yield key, changes[0][0], rows
+                    versions.append((at, until, values))
+            yield key, changes[0][0], versions
 
 
 class Projector(Protocol):
@@ -195,30 +198,30 @@ class CycleTimesProjector:
 
 @dataclass(frozen=True)
 class CandidatesProjector:
-    """Each record's readiness, and since when it has been a candidate (DOMAIN.md's rule)."""
+    """The records that are candidates (DOMAIN.md's rule), since when, and their readiness: a row
+    while the record is one, ended when it stops being one."""
 
     kpi_threshold_pct: float
     name: str = "candidates"
     tables: tuple[Table, ...] = (candidates,)
-    description: str = "readiness of each record and since when it has been a candidate"
+    description: str = "records that are candidates, since when, and their readiness"
 
     def step(self, state, event, record, changes):
         if event.type in READINESS_EVENTS or "ready" not in state:
             ready = readiness(record, self.kpi_threshold_pct)
             state["ready"] = [ready.kpi_improvement_pct, ready.best_metric, ready.nps, ready.msa_clear,
                               ready.candidate]
-        candidate = state["ready"][4]
-        if not candidate:
-            state["since"] = None
-        elif state.get("since") is None:
-            state["since"] = event.occurred_at.isoformat()
-        row = [record.state, record.csm, _account(record)[1], *state["ready"], state["since"]]
+        if not state["ready"][4]:
+            if state.pop("row", None) is not None:
+                changes.end(candidates, (record.id,), event.recorded_at)
+            return
+        since = state["row"][-1] if state.get("row") else event.occurred_at.isoformat()
+        row = [record.state, record.csm, _account(record)[1], *state["ready"][:4], since]
         if row != state.get("row"):
             state["row"] = row
             changes.put(candidates, (record.id,), event.recorded_at, {
                 "status": row[0], "csm": row[1], "account_name": row[2], "kpi_improvement_pct": row[3],
-                "best_metric": row[4], "nps": row[5], "msa_clear": row[6], "candidate": row[7],
-                "candidate_since": _time(row[8])})
+                "best_metric": row[4], "nps": row[5], "msa_clear": row[6], "candidate_since": _time(since)})
 
 
 @dataclass(frozen=True)

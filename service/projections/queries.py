@@ -23,6 +23,7 @@ from service.domain.stuck import RULE_OF, StuckFinding
 from service.events.db import transaction
 from service.events.feed import Feed, Mark, UnknownPosition
 from service.projections.checkpoints import Checkpoint, Checkpoints
+from service.projections.records import decode_record_cursor
 from service.projections.tables import (
     approver_times,
     blockers,
@@ -152,6 +153,25 @@ class View:
             .group_by(table.c.csm, table.c.status)).all()
         return self.answer(_counts(rows))
 
+    def record_ids(self, *, status: str | None = None, csm: str | None = None, account: str | None = None,
+                   limit: int = 50, cursor: str | None = None) -> Answer:
+        """The ids of the records in the pipeline at this view's time, filtered, ordered by id; one page
+        (the record list as known at a past time)."""
+        table = pipeline_records
+        query = select(table.c.id).where(self.rows(table)).order_by(table.c.id).limit(limit + 1)
+        if status:
+            query = query.where(table.c.status == status)
+        if csm:
+            query = query.where(table.c.csm == csm)
+        if account:
+            query = query.where(or_(table.c.account_id == account, table.c.account_name == account))
+        if cursor:
+            query = query.where(table.c.id > decode_record_cursor(cursor))
+        ids = list(self.conn.execute(query).scalars())
+        more = len(ids) > limit
+        ids = ids[:limit]
+        return self.answer(ids, cursors.encode([ids[-1]]) if more else None)
+
     # -- what blocks publication ---------------------------------------------------------------
     def blockers(self, *, csm: str | None = None, code: str | None = None, limit: int | None = None,
                  cursor: str | None = None) -> Answer:
@@ -261,7 +281,7 @@ class View:
     def candidates(self, *, since: datetime | None = None, csm: str | None = None, limit: int | None = None) -> Answer:
         """Records that are candidates, newest first; ``since``: only those that became one from then on."""
         table = candidates
-        query = select(table).where(self.rows(table), table.c.candidate.is_(True))
+        query = select(table).where(self.rows(table))
         if since is not None:
             query = query.where(table.c.candidate_since >= since)
         if csm:
@@ -273,7 +293,7 @@ class View:
 
     def candidate_count(self, *, since: datetime | None = None) -> int:
         table = candidates
-        query = select(func.count()).where(self.rows(table), table.c.candidate.is_(True))
+        query = select(func.count()).where(self.rows(table))
         if since is not None:
             query = query.where(table.c.candidate_since >= since)
         return self.conn.execute(query).scalar_one()

@@ -9,6 +9,8 @@ compares the two, row version by row version. One rebuild or verify runs at a ti
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +26,7 @@ from service.events.feed import Feed, Mark
 from service.events.tables import events
 from service.projections.checkpoints import Checkpoint, Checkpoints, ProjectionFailed
 from service.projections.projectors import Changes, EventNotProjected, Projector, choose, fold, start
-from service.projections.rows import add_rows, add_states, new_rows
+from service.projections.rows import add_rows, add_states, layout
 from service.projections.tables import PROJECTION_TABLES, record_states
 from service.times import utcnow
 
@@ -166,45 +168,40 @@ class Rebuilder:
 
     def _write_generation(self, generation: int, *, upto: int | None, progress: Callable[[int], None] | None,
                           total: Callable[[int], None] | None) -> Mark:
-        """Fold every stream of one snapshot (up to feed position ``upto``) into ``generation``."""
+        """Fold every stream of one snapshot (up to feed position ``upto``) into ``generation``.
+
+        The rows are written by a second thread, one buffer while the next is folded, so that the
+        database's work on them overlaps this thread's."""
         chosen = list(self.projectors.values())
-        tables = [table for projector in chosen for table in projector.tables]
-        pending: dict[Table, list[dict[str, Any]]] = {table: [] for table in tables}
+        shapes = [layout(table) for projector in chosen for table in projector.tables]
+        pending: dict[Table, list[tuple]] = {shape.table: [] for shape in shapes}
         states: list[tuple[str, int, dict[str, Any]]] = []
         buffered = 0
-
-        def flush() -> None:
-            nonlocal buffered, states
-            with transaction(self.engine) as writer:
-                for table in tables:
-                    add_rows(writer, table, generation, pending[table])
-                    pending[table] = []
-                add_states(writer, generation, states)
-            buffered, states = 0, []
-
-        with transaction(self.engine, isolation="REPEATABLE READ", write=False) as reader:
-            mark = self.feed.head(reader) if upto is None else Mark(upto, None)  # verify reports its own
-            condition = self.feed.readable() if upto is None else self.feed.until(reader, upto)
-            if total is not None:
-                total(reader.execute(select(func.count()).select_from(events).where(condition)).scalar_one())
-            query = select(*EVENT_COLUMNS).where(condition).order_by(events.c.stream_id, events.c.version)
-            result = reader.execution_options(stream_results=True, yield_per=2000).execute(query)
-            for stream_id, stream in group_streams(stored_event(row) for row in result):
-                changes = Changes()
-                try:
-                    held = fold(stream_id, start(stream_id), stream, chosen, changes)
-                except EventNotProjected as error:
-                    raise ProjectionFailed(error) from error
-                for table in tables:
-                    rows = new_rows(changes, table)
-                    pending[table].extend(rows)
-                    buffered += len(rows)
-                states.append((stream_id, stream[-1].version, held))
-                if buffered >= FLUSH_ROWS or len(states) >= FLUSH_STATES:
-                    flush()
-                if progress is not None:
-                    progress(len(stream))
-        flush()
+        with _Writer(self.engine, generation) as writer:
+            with transaction(self.engine, isolation="REPEATABLE READ", write=False) as reader:
+                mark = self.feed.head(reader) if upto is None else Mark(upto, None)  # verify reports its own
+                condition = self.feed.readable() if upto is None else self.feed.until(reader, upto)
+                if total is not None:
+                    total(reader.execute(select(func.count()).select_from(events).where(condition)).scalar_one())
+                query = select(*EVENT_COLUMNS).where(condition).order_by(events.c.stream_id, events.c.version)
+                result = reader.execution_options(stream_results=True, yield_per=2000).execute(query)
+                for stream_id, stream in group_streams(stored_event(row) for row in result):
+                    changes = Changes()
+                    try:
+                        held = fold(stream_id, start(stream_id), stream, chosen, changes)
+                    except EventNotProjected as error:
+                        raise ProjectionFailed(error) from error
+                    for shape in shapes:
+                        rows = shape.version_rows(changes)
+                        pending[shape.table].extend(rows)
+                        buffered += len(rows)
+                    states.append((stream_id, stream[-1].version, held))
+                    if buffered >= FLUSH_ROWS or len(states) >= FLUSH_STATES:
+                        writer.write(pending, states)
+                        pending, states, buffered = {shape.table: [] for shape in shapes}, [], 0
+                    if progress is not None:
+                        progress(len(stream))
+            writer.write(pending, states)
         return mark
 
     def _compare(self, names: list[str], begun: Checkpoint) -> dict[str, VerifyResult]:
@@ -224,6 +221,49 @@ class Rebuilder:
             results[HELD] = VerifyResult(begun.mark(), _differences(conn, HELD, record_states, now.generation,
                                                                     changed), len(changed))
         return results
+
+
+class _Writer:
+    """Writes a rebuild's buffers into its generation from a thread of its own, one transaction per
+    buffer, at most one buffer waiting. An error is raised in the rebuild's thread at its next
+    ``write`` or at the end."""
+
+    def __init__(self, engine: Engine, generation: int):
+        self.engine, self.generation = engine, generation
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="rebuild-writer", daemon=True)
+
+    def __enter__(self) -> "_Writer":
+        self.thread.start()
+        return self
+
+    def write(self, rows: dict[Table, list[tuple]], states: list[tuple[str, int, dict[str, Any]]]) -> None:
+        self._raise()
+        self.queue.put((rows, states))
+
+    def __exit__(self, *exc) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if exc[0] is None:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: the rebuild stops at its next write
+            rows, states = item
+            try:
+                with transaction(self.engine) as conn:
+                    for table, table_rows in rows.items():
+                        add_rows(conn, table, self.generation, table_rows)
+                    add_states(conn, self.generation, states)
+            except BaseException as error:  # raised again in the rebuild's thread
+                self.error = error
 
 
 def _differences(conn: Connection, name: str, table, live_generation: int, skip: set[str]) -> list[Difference]:

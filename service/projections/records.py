@@ -18,6 +18,11 @@ def _last_id(values: list) -> str:
     return last_id
 
 
+def decode_record_cursor(cursor: str) -> str:
+    """The id a record-list page ends with, from its cursor (ValueError if it is not one)."""
+    return cursors.decode(cursor, _last_id)
+
+
 @dataclass(frozen=True)
 class Page:
     records: list[CaseStudy]
@@ -31,7 +36,7 @@ class Records:
         self.engine = engine
 
     def page(self, *, status: str | None = None, csm: str | None = None,
-                     account: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+             account: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
         """Records ordered by id, filtered, one page at a time (keyset pagination)."""
         query = select(case_studies.c.state).order_by(case_studies.c.id).limit(limit + 1)
         if status:
@@ -42,7 +47,7 @@ class Records:
             query = query.where(or_(case_studies.c.account_id == account,
                                     case_studies.c.account_name == account))
         if cursor:
-            query = query.where(case_studies.c.id > cursors.decode(cursor, _last_id))
+            query = query.where(case_studies.c.id > decode_record_cursor(cursor))
         with self.engine.connect() as conn:
             records = [CaseStudy.from_dict(row.state) for row in conn.execute(query)]
         more = len(records) > limit

@@ -10,6 +10,7 @@ SQLite, which runs in-process, the driver's own executemany.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
 import orjson
@@ -25,30 +26,73 @@ def key_columns(table: Table) -> list[str]:
     return [str(c.name) for c in table.primary_key.columns if c.name not in ("generation", "valid_from")]
 
 
+class Layout:
+    """A table's columns but the generation, in table order (key, then the version's times, then the
+    values, for a versioned table), and how each is written."""
+
+    def __init__(self, table: Table):
+        self.table = table
+        self.keys = key_columns(table)
+        self.columns = [str(column.name) for column in table.c if column.name != "generation"]
+        self.values = [name for name in self.columns if name not in (*self.keys, "valid_from", "valid_to")]
+        self.kinds = [_kind(table.c[name]) for name in self.columns]
+        self._values = itemgetter(*self.values) if len(self.values) > 1 else (lambda row: (row[self.values[0]],))
+
+    def version_rows(self, changes: Changes) -> list[tuple]:
+        """Every version ``changes`` make in this table, as tuples in column order."""
+        values = self._values
+        return [(*key, valid_from, valid_to, *values(row))
+                for key, _first, versions in changes.versions(self.table) for valid_from, valid_to, row in versions]
+
+
+_LAYOUTS: dict[Table, Layout] = {}
+
+
+def layout(table: Table) -> Layout:
+    found = _LAYOUTS.get(table)
+    if found is None:
+        found = _LAYOUTS[table] = Layout(table)
+    return found
+
+
 def new_rows(changes: Changes, table: Table) -> list[dict[str, Any]]:
-    """Every version ``changes`` make in ``table``, as rows with their key columns."""
-    names = key_columns(table)
-    return [{**dict(zip(names, key)), **row} for key, _first, rows in changes.versions(table) for row in rows]
+    """Every version ``changes`` make in ``table``, as rows by column name."""
+    columns = layout(table).columns
+    return [dict(zip(columns, row)) for row in layout(table).version_rows(changes)]
 
 
-def add_rows(conn: Connection, table: Table, generation: int, rows: list[dict[str, Any]]) -> None:
-    """Add rows (each with its key columns) to ``generation`` of ``table``."""
+def add_rows(conn: Connection, table: Table, generation: int, rows: list[tuple]) -> None:
+    """Add rows (tuples in the order of ``layout(table).columns``) to ``generation`` of ``table``."""
     if not rows:
         return
-    columns = [column for column in table.c if column.name != "generation"]
+    shape = layout(table)
+    names = ", ".join(shape.columns)
     if conn.dialect.name == "postgresql":
-        as_json = {column.name for column in columns if _kind(column) == "json"}
+        as_json = [index for index, kind in enumerate(shape.kinds) if kind == "json"]
         cursor = conn.connection.driver_connection.cursor()
-        names = [column.name for column in columns]
-        with cursor.copy(f"COPY {table.name} (generation, {', '.join(names)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([generation, *(_json(row[c]) if c in as_json else row.get(c) for c in names)])
+        with cursor.copy(f"COPY {table.name} (generation, {names}) FROM STDIN") as copy:
+            write = copy.write_row
+            if not as_json:
+                for row in rows:
+                    write((generation, *row))
+            else:
+                for row in rows:
+                    row = list(row)
+                    for index in as_json:
+                        row[index] = _json(row[index])
+                    write((generation, *row))
         return
-    convert = [(column.name, _SQLITE[_kind(column)]) for column in columns]
+    converted = [(index, _SQLITE[kind]) for index, kind in enumerate(shape.kinds) if kind in _SQLITE]
+
+    def to_sqlite(row: tuple) -> list:
+        row = [generation, *row]
+        for index, convert in converted:
+            row[index + 1] = convert(row[index + 1])
+        return row
+
     conn.connection.driver_connection.executemany(
-        f"INSERT INTO {table.name} (generation, {', '.join(name for name, _ in convert)}) "
-        f"VALUES (?{', ?' * len(convert)})",
-        [(generation, *(to_sqlite(row.get(name)) for name, to_sqlite in convert)) for row in rows])
+        f"INSERT INTO {table.name} (generation, {names}) VALUES (?{', ?' * len(shape.columns)})",
+        [to_sqlite(row) for row in rows])
 
 
 def apply_changes(conn: Connection, table: Table, generation: int, changes: Changes) -> None:
@@ -77,7 +121,7 @@ def apply_changes(conn: Connection, table: Table, generation: int, changes: Chan
             [(_sqlite_time(first), generation, *key) for key, first in ends])
         driver.executemany(f"DELETE FROM {table.name} WHERE generation = ? AND id = ? AND valid_from = valid_to",
                            [(generation, stream_id) for stream_id in ids])
-    add_rows(conn, table, generation, new_rows(changes, table))
+    add_rows(conn, table, generation, layout(table).version_rows(changes))
 
 
 def load_states(conn: Connection, generation: int, stream_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -108,8 +152,7 @@ def save_states(conn: Connection, generation: int, states: Iterable[tuple[str, i
 
 def add_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
     """Add what the projections hold for records new to ``generation`` (a rebuild's)."""
-    add_rows(conn, record_states, generation, [{"id": stream_id, "version": version, "state": state}
-                                               for stream_id, version, state in states])
+    add_rows(conn, record_states, generation, list(states))
 
 
 def _kind(column) -> str:
@@ -136,5 +179,4 @@ def _sqlite_time(value: datetime | None) -> str | None:
 
 
 _PG_TYPES = {"int": "integer", "other": "text", "time": "timestamptz", "bool": "boolean", "json": "jsonb"}
-_SQLITE = {"json": _json, "time": _sqlite_time, "bool": lambda value: None if value is None else int(value),
-           "int": lambda value: value, "other": lambda value: value}
+_SQLITE = {"json": _json, "time": _sqlite_time, "bool": lambda value: None if value is None else int(value)}

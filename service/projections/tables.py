@@ -111,9 +111,9 @@ candidates = _versioned(
     [Column("id", StreamId, primary_key=True)],
     [Column("status", String(40), nullable=False), Column("csm", String(200)), Column("account_name", String(200)),
      Column("kpi_improvement_pct", Float), Column("best_metric", String(200)), Column("nps", Integer),
-     Column("msa_clear", Boolean, nullable=False), Column("candidate", Boolean, nullable=False),
-     Column("candidate_since", UTCDateTime)],  # business time it last became a candidate
-    _now("ix_proj_candidates_now", "generation", "candidate", "candidate_since"),
+     Column("msa_clear", Boolean, nullable=False),
+     Column("candidate_since", UTCDateTime, nullable=False)],  # business time it last became one
+    _now("ix_proj_candidates_now", "generation", "candidate_since"),
 )
 
 # For each record and stuck rule that can hold for it as it is: the moment after which it holds

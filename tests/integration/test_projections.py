@@ -36,6 +36,7 @@ from sqlalchemy import func, select, update
 
 from bench.dataset import load_url, make_dataset
 from service import create_app
+from service.api.representation import record_json
 from service.bootstrap import build
 from service.config import Settings
 from service.domain import StuckThresholds
@@ -139,11 +140,11 @@ def rows_of(response) -> list[dict]:
     return list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
 
 
-def every_page(world, path: str, **query) -> list[dict]:
+def every_page(world, path: str, *, limit: int = 1000, **query) -> list[dict]:
     """Every item of a paged answer, following next_cursor."""
     items, cursor = [], None
     while True:
-        page = get(world, path, limit=1000, **query, **({"cursor": cursor} if cursor else {})).get_json()
+        page = get(world, path, limit=limit, **query, **({"cursor": cursor} if cursor else {})).get_json()
         items += page["items"]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -348,6 +349,8 @@ def assert_reads_equal_replay(world, streams: dict[str, list], known_at: datetim
     histories = oracle.replay_known(streams, known_at)
     query = {"as_of": known_at.isoformat()} if known_at else {}
     reference = known_at or datetime.now(UTC)
+    records = every_page(world, "/case-studies", limit=500, **query)
+    assert records == [record_json(histories[i].record, 20.0) for i in sorted(histories)]
     pipeline = get(world, "/projections/pipeline", **query).get_json()
     assert {k: pipeline[k] for k in ("total", "by_status", "by_csm")} == oracle.pipeline(histories)
     stuck = every_page(world, "/projections/stuck", as_of=reference.isoformat())
@@ -369,6 +372,17 @@ def assert_reads_equal_replay(world, streams: dict[str, list], known_at: datetim
     for section in ("new_candidates", "published"):
         assert report[section]["count"] == expected_report[section]["count"]
         assert [item["id"] for item in report[section]["items"]] == expected_report[section]["first"]
+
+
+def test_the_record_list_as_known_at_a_past_time_pages_filters_and_names_its_position(world):
+    histories = oracle.replay_known(replayed_streams(world[0]), PAST[1])
+    bens = sorted(i for i, h in histories.items() if h.record.csm == "Ben")
+    first = get(world, "/case-studies", as_of=PAST[1].isoformat(), csm="Ben", limit=2).get_json()
+    assert [item["id"] for item in first["items"]] == bens[:2] and len(bens) > 2
+    assert first["as_of"] == PAST[1].isoformat() and first["projection"]["position"] > 0
+    _services, client, reader, _writer = world
+    second = client.get(first["next"], headers=reader).get_json()  # the link keeps as_of and the filter
+    assert [item["id"] for item in second["items"]] == bens[2:4]
 
 
 @pytest.mark.parametrize("known_at", [None, *PAST], ids=["now", *(t.date().isoformat() for t in PAST)])

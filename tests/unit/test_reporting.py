@@ -148,8 +148,8 @@ def test_stages_run_from_the_commitment_to_the_first_time_each_milestone_happene
 
 def candidate_since(threshold: float, *steps) -> datetime | None:
     rows, _ = project(CandidatesProjector(threshold), events(*steps))
-    latest = rows["proj_candidates"][("r-1",)][-1]
-    return latest["candidate_since"] if latest["candidate"] else None
+    versions = rows["proj_candidates"].get(("r-1",))
+    return versions[-1]["candidate_since"] if versions and versions[-1]["valid_to"] is None else None
 
 
 def test_a_record_becomes_a_candidate_when_kpis_improve_enough_and_nps_is_a_promoter():
