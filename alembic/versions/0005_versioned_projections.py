@@ -46,6 +46,10 @@ def _now(name: str, table: str, columns: list[str]) -> None:
     op.create_index(name, table, columns, postgresql_where=NOW, sqlite_where=NOW)
 
 
+def _ended(table: str) -> None:
+    op.create_index(f"ix_{table}_ended", table, ["generation", "valid_to"])
+
+
 def upgrade() -> None:
     for table in OLD:
         op.drop_table(table)
@@ -62,11 +66,13 @@ def upgrade() -> None:
         sa.Column("status", sa.String(40), nullable=False), sa.Column("csm", sa.String(200)),
         sa.Column("account_id", sa.String(200)), sa.Column("account_name", sa.String(200))])
     _now("ix_proj_pipeline_records_now", "proj_pipeline_records", ["generation", "status", "csm"])
+    _ended("proj_pipeline_records")
 
     _versioned("proj_status_history", [sa.Column("id", STREAM_ID, primary_key=True),
                                        sa.Column("seq", sa.Integer, primary_key=True)], [
         sa.Column("status", sa.String(40), nullable=False), sa.Column("csm", sa.String(200)),
         sa.Column("from_at", UTC_TIME, nullable=False), sa.Column("to_at", UTC_TIME)])
+    _ended("proj_status_history")
 
     _versioned("proj_blockers", [sa.Column("id", STREAM_ID, primary_key=True),
                                  sa.Column("seq", sa.Integer, primary_key=True)], [
@@ -77,10 +83,12 @@ def upgrade() -> None:
     _now("ix_proj_blockers_now", "proj_blockers", ["generation", "csm", "since", "id", "seq"])
     _now("ix_proj_blockers_now_code", "proj_blockers", ["generation", "code", "csm", "since", "id"])
     op.create_index("ix_proj_blockers_csm", "proj_blockers", ["generation", "csm", "since", "id", "seq"])
+    _ended("proj_blockers")
 
     _versioned("proj_cycle_stages", [sa.Column("id", STREAM_ID, primary_key=True),
                                      sa.Column("stage", sa.String(40), primary_key=True)], [
         sa.Column("from_at", UTC_TIME, nullable=False), sa.Column("to_at", UTC_TIME, nullable=False),
+        sa.Column("quarter", sa.String(7), nullable=False),
         sa.Column("days", sa.Float, nullable=False)])
     op.create_index("ix_proj_cycle_stages_to", "proj_cycle_stages", ["generation", "to_at"])
 
@@ -88,7 +96,8 @@ def upgrade() -> None:
                                        sa.Column("round", sa.Integer, primary_key=True),
                                        sa.Column("role", sa.String(40), primary_key=True)], [
         sa.Column("decision", sa.String(40), nullable=False), sa.Column("requested_at", UTC_TIME, nullable=False),
-        sa.Column("decided_at", UTC_TIME, nullable=False), sa.Column("days", sa.Float, nullable=False)])
+        sa.Column("decided_at", UTC_TIME, nullable=False), sa.Column("days", sa.Float, nullable=False),
+        sa.Column("quarter", sa.String(7), nullable=False)])
     op.create_index("ix_proj_approver_times_decided", "proj_approver_times", ["generation", "decided_at"])
 
     _versioned("proj_candidates", [sa.Column("id", STREAM_ID, primary_key=True)], [
@@ -97,6 +106,7 @@ def upgrade() -> None:
         sa.Column("best_metric", sa.String(200)), sa.Column("nps", sa.Integer),
         sa.Column("msa_clear", sa.Boolean, nullable=False), sa.Column("candidate_since", UTC_TIME, nullable=False)])
     _now("ix_proj_candidates_now", "proj_candidates", ["generation", "candidate_since"])
+    _ended("proj_candidates")
 
     _versioned("proj_stuck", [sa.Column("id", STREAM_ID, primary_key=True),
                               sa.Column("code", sa.String(40), primary_key=True)], [
@@ -107,6 +117,7 @@ def upgrade() -> None:
     _now("ix_proj_stuck_now_code", "proj_stuck", ["generation", "code", "csm", "holds_after", "id"])
     _now("ix_proj_stuck_now_status", "proj_stuck", ["generation", "status", "csm", "holds_after", "id", "code"])
     op.create_index("ix_proj_stuck_csm", "proj_stuck", ["generation", "csm", "holds_after", "id", "code"])
+    _ended("proj_stuck")
 
 
 def downgrade() -> None:

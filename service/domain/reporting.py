@@ -5,10 +5,9 @@ The projectors (service/projections) fold a record's events through these rules 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from service.domain.model import CaseStudy, Status
 
@@ -88,19 +87,42 @@ def quarter_of(moment: datetime) -> str:
     return f"{moment.year}-Q{(moment.month - 1) // 3 + 1}"
 
 
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """The ``fraction`` quantile of ``values`` by linear interpolation between closest ranks
-    (what PostgreSQL's percentile_cont and a spreadsheet's PERCENTILE give); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = fraction * (len(ordered) - 1)
-    low, high = math.floor(rank), math.ceil(rank)
-    value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-    return round(value, 2)
+# The figures a summary of day counts gives: each a quantile, as a fraction (numerator, denominator).
+QUANTILES: dict[str, tuple[int, int]] = {"median_days": (1, 2), "p90_days": (9, 10)}
+
+
+def quantile_ranks(count: int, fraction: tuple[int, int]) -> tuple[int, int, float]:
+    """The quantile of ``count`` ordered values lies between the values at these two 0-based ranks,
+    the given share of the way from the first to the second (linear interpolation between closest
+    ranks: what PostgreSQL's percentile_cont and a spreadsheet's PERCENTILE give). Exact arithmetic:
+    the rank is ``numerator * (count - 1) / denominator``."""
+    numerator, denominator = fraction
+    position = numerator * (count - 1)
+    low, part = divmod(position, denominator)
+    return low, low + (1 if part else 0), part / denominator
+
+
+def summary(count: int, at_rank: Callable[[int], float]) -> dict[str, Any]:
+    """Count and QUANTILES of ``count`` day counts, given the value at any 0-based rank in order
+    (only the ranks ``quantile_ranks`` names are asked for)."""
+    values = []
+    for fraction in QUANTILES.values():
+        if not count:
+            values.append(None)
+            continue
+        low, high, share = quantile_ranks(count, fraction)
+        first = at_rank(low)
+        values.append(first + (at_rank(high) - first) * share)
+    return summary_of(count, values)
+
+
+def summary_of(count: int, quantiles: Sequence[float | None]) -> dict[str, Any]:
+    """The summary of ``count`` day counts whose QUANTILES (in order) are ``quantiles``, as reports show it."""
+    return {"count": count, **{name: None if value is None else round(value, 2)
+                               for name, value in zip(QUANTILES, quantiles)}}
 
 
 def summarise(values: Iterable[float]) -> dict[str, Any]:
     """Count, median and 90th percentile of day counts."""
-    values = list(values)
-    return {"count": len(values), "median_days": percentile(values, 0.5), "p90_days": percentile(values, 0.9)}
+    ordered = sorted(values)
+    return summary(len(ordered), ordered.__getitem__)

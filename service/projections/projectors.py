@@ -22,7 +22,7 @@ from sqlalchemy import Table
 from service.domain import CaseStudy, StuckThresholds, apply, readiness
 from service.domain.errors import GuardFailed, StreamCorrupt, TransitionNotAllowed
 from service.domain.readiness import READINESS_EVENTS
-from service.domain.reporting import LEAVE_BLOCKERS, STAGES, blockers, days_between
+from service.domain.reporting import LEAVE_BLOCKERS, STAGES, blockers, days_between, quarter_of
 from service.domain.stuck import RULE_OF, StuckFacts, stuck_starts
 from service.events.event import StoredEvent
 from service.projections.tables import (
@@ -173,15 +173,16 @@ class CycleTimesProjector:
     description: str = "days from commitment to each milestone, and each approver role's answer time"
 
     def step(self, state, event, record, changes):
-        first = state.setdefault("first", {})
-        if event.type not in first:
+        first = state.setdefault("first", {})  # when the commitment and each stage's event first happened
+        if event.type not in first and (event.type == "committed" or event.type in _STAGE_OF_EVENT):
             first[event.type] = event.occurred_at.isoformat()
             stage = _STAGE_OF_EVENT.get(event.type)
             committed = _time(first.get("committed"))
             if stage is not None and committed is not None:
                 changes.put(cycle_stages, (record.id, stage), event.recorded_at,
                             {"from_at": committed, "to_at": event.occurred_at,
-                             "days": days_between(committed, event.occurred_at)})
+                             "days": days_between(committed, event.occurred_at),
+                             "quarter": quarter_of(event.occurred_at)})
         current = state.get("round")  # [number, requested_at, open]
         if event.type == "approval_requested":
             state["round"] = [(current[0] if current else 0) + 1, event.occurred_at.isoformat(), True]
@@ -191,7 +192,8 @@ class CycleTimesProjector:
                 changes.put(approver_times, (record.id, current[0], event.data["role"]), event.recorded_at,
                             {"decision": "granted" if event.type == "approval_granted" else "changes_requested",
                              "requested_at": requested, "decided_at": event.occurred_at,
-                             "days": round((event.occurred_at - requested).total_seconds() / 86_400, 4)})
+                             "days": round((event.occurred_at - requested).total_seconds() / 86_400, 4),
+                             "quarter": quarter_of(event.occurred_at)})
             if event.type in ("changes_requested", "published", "declined"):
                 current[2] = False  # the round is over
 
@@ -279,12 +281,21 @@ def start(stream_id: str) -> dict[str, Any]:
     return {"record": None, "folds": {}}
 
 
+def stored(held: dict[str, Any]) -> dict[str, Any]:
+    """What the projections hold for a record, as it is written (JSON): ``fold`` leaves the record
+    as an object, so that a runner keeping it in memory folds the next events onto it directly."""
+    record = held["record"]
+    return {**held, "record": record.to_dict() if isinstance(record, CaseStudy) else record}
+
+
 def fold(stream_id: str, held: dict[str, Any], events: Sequence[StoredEvent],
          chosen: Sequence[Projector], changes: Changes) -> dict[str, Any]:
     """Fold ``events`` (the record's next ones, oldest first) onto what the projections ``held`` for it.
 
     Returns what they hold afterwards. Raises EventNotProjected naming the event that failed."""
-    record = CaseStudy.from_dict(held["record"]) if held["record"] else CaseStudy(id=stream_id)
+    record = held["record"]
+    if not isinstance(record, CaseStudy):
+        record = CaseStudy.from_dict(record) if record else CaseStudy(id=stream_id)
     states = {projector.name: held["folds"].setdefault(projector.name, {}) for projector in chosen}
     for event in events:
         try:
@@ -297,5 +308,5 @@ def fold(stream_id: str, held: dict[str, Any], events: Sequence[StoredEvent],
                 projector.step(states[projector.name], event, record, changes)
         except Exception as error:  # whatever it is, it is reported with the event it happened at
             raise EventNotProjected(event, error) from error
-    held["record"] = record.to_dict()
+    held["record"] = record
     return held

@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine, Table, and_, func, literal, or_, select, tuple_
+from sqlalchemy.dialects import postgresql
 
 from service import cursors
 from service.domain import STATUS_LABELS, StuckThresholds
-from service.domain.reporting import STAGES, quarter_of, summarise
+from service.domain.reporting import QUANTILES, STAGES, summarise, summary_of
 from service.domain.stuck import RULE_OF, StuckFinding
 from service.events.db import transaction
 from service.events.feed import Feed, Mark, UnknownPosition
@@ -36,6 +37,7 @@ from service.projections.tables import (
 from service.times import utcnow
 
 WAIT_POLL_SECONDS = 0.05
+EMPTY = summarise([])  # the summary of no day counts
 
 
 class ProjectionBehind(Exception):
@@ -245,38 +247,57 @@ class View:
 
     # -- cycle times, candidates, publications -----------------------------------------------------
     def cycle_times(self, *, start: datetime | None = None, end: datetime | None = None,
-                    csm: str | None = None) -> Answer:
-        """Median and 90th percentile days per quarter (of the stage's end) for each stage and approver role."""
-        by_stage = self._days_by_quarter(cycle_stages, cycle_stages.c.stage, cycle_stages.c.to_at, start, end, csm)
-        by_role = self._days_by_quarter(approver_times, approver_times.c.role, approver_times.c.decided_at,
-                                        start, end, csm)
-        groups = {"stages": {stage: by_stage.get(stage, {}) for stage in STAGES},
-                  "approver_roles": dict(sorted(by_role.items()))}
-        quarters = sorted({quarter for group in groups.values() for days in group.values() for quarter in days})
+                    csm: str | None = None, quarter: str | None = None) -> Answer:
+        """Median and 90th percentile days per quarter (of the stage's end) for each stage and approver
+        role, and over all of them; ``quarter``: that quarter only (and over all)."""
+        groups = {"stages": (cycle_stages, cycle_stages.c.stage, cycle_stages.c.to_at),
+                  "approver_roles": (approver_times, approver_times.c.role, approver_times.c.decided_at)}
+        filters = {"start": start, "end": end, "csm": csm}
+        by_quarter = {group: self._summaries(*spec, **filters, by_quarter=True, quarter=quarter)
+                      for group, spec in groups.items()}
+        overall = {group: self._summaries(*spec, **filters, by_quarter=False) for group, spec in groups.items()}
+        names = {"stages": list(STAGES),
+                 "approver_roles": sorted({name for name, _quarter in overall["approver_roles"]})}
+        quarters = sorted({quarter for found in by_quarter.values() for _name, quarter in found})
         return self.answer({
             "quarters": [{"quarter": quarter,
-                          **{name: {key: summarise(days.get(quarter, [])) for key, days in group.items()}
-                             for name, group in groups.items()}}
+                          **{group: {name: by_quarter[group].get((name, quarter), EMPTY) for name in names[group]}
+                             for group in groups}}
                          for quarter in quarters],
-            "overall": {name: {key: summarise(d for per_quarter in days.values() for d in per_quarter)
-                               for key, days in group.items()}
-                        for name, group in groups.items()},
+            "overall": {group: {name: overall[group].get((name, None), EMPTY) for name in names[group]}
+                        for group in groups},
         })
 
-    def _days_by_quarter(self, table: Table, name, moment, start, end, csm) -> dict[str, dict[str, list[float]]]:
-        """Day counts by name (a stage or a role), then by the quarter of ``moment``, within the filters."""
-        query = select(name, moment, table.c.days).where(self.rows(table))
+    def _summaries(self, table: Table, name, moment, *, start, end, csm, by_quarter: bool,
+                   quarter: str | None = None) -> dict[tuple[str, str | None], dict[str, Any]]:
+        """The domain's summary of the day counts of each name (a stage or a role), per quarter or over
+        all, within the filters. PostgreSQL computes the quantiles itself (percentile_cont is the
+        domain's definition); SQLite, the embedded store, returns the day counts in order."""
+        keys = [name, table.c.quarter] if by_quarter else [name]
+        conditions = [self.rows(table)]
+        if quarter is not None:
+            conditions.append(table.c.quarter == quarter)
         if start is not None:
-            query = query.where(moment >= start)
+            conditions.append(moment >= start)
         if end is not None:
-            query = query.where(moment <= end)
+            conditions.append(moment <= end)
+        if self.conn.dialect.name == "postgresql":
+            groups = [key.collate("C") for key in keys]  # locale collations make this sort several times slower
+            query = select(*groups, func.count(), func.percentile_cont(
+                postgresql.array([numerator / denominator for numerator, denominator in QUANTILES.values()])
+            ).within_group(table.c.days)).where(*conditions).group_by(*groups)
+        else:
+            query = select(*keys, table.c.days).where(*conditions).order_by(*keys, table.c.days)
         if csm:
             query = query.join(pipeline_records, and_(pipeline_records.c.id == table.c.id,
                                                       self.rows(pipeline_records))).where(pipeline_records.c.csm == csm)
-        out: dict[str, dict[str, list[float]]] = {}
-        for key, at, days in self.conn.execute(query):
-            out.setdefault(key, {}).setdefault(quarter_of(at), []).append(days)
-        return out
+        rows = self.conn.execute(query).all()
+        if self.conn.dialect.name == "postgresql":
+            return {(row[0], row[1] if by_quarter else None): summary_of(row[-2], row[-1]) for row in rows}
+        days: dict[tuple[str, str | None], list[float]] = {}
+        for row in rows:
+            days.setdefault((row[0], row[1] if by_quarter else None), []).append(row[-1])
+        return {key: summarise(values) for key, values in days.items()}
 
     def candidates(self, *, since: datetime | None = None, csm: str | None = None, limit: int | None = None) -> Answer:
         """Records that are candidates, newest first; ``since``: only those that became one from then on."""

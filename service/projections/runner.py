@@ -22,7 +22,7 @@ from service.events.db import transaction
 from service.events.event import StoredEvent
 from service.events.feed import Feed, Mark
 from service.projections.checkpoints import Checkpoints, ProjectionFailed
-from service.projections.projectors import Changes, EventNotProjected, Projector, fold, start
+from service.projections.projectors import Changes, EventNotProjected, Projector, fold, start, stored
 from service.projections.rebuild import ProjectionBusy, Rebuilder
 from service.projections.rows import apply_changes, load_states, save_states
 from service.times import utcnow
@@ -37,7 +37,7 @@ class ProjectionRunner:
     """Keeps the projections' tables in step with the feed."""
 
     def __init__(self, engine: Engine, feed: Feed, projectors: dict[str, Projector], *,
-                 clock: Callable[[], datetime] = utcnow, batch: int = 500):
+                 clock: Callable[[], datetime] = utcnow, batch: int = 2000):
         self.engine = engine
         self.feed = feed
         self.projectors = projectors
@@ -103,7 +103,7 @@ class ProjectionRunner:
                     return 0  # another runner or a rebuild got there first; the next step starts from theirs
                 for table in changes.by_table:
                     apply_changes(conn, table, checkpoint.generation, changes)
-                save_states(conn, checkpoint.generation, folded)
+                save_states(conn, checkpoint.generation, [(i, v, stored(h)) for i, v, h in folded])
                 self.checkpoints.move(conn, Mark(last.position, last.recorded_at))
         except BaseException:
             self._forget()

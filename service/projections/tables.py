@@ -36,6 +36,12 @@ def _now(name: str, *columns: str) -> Index:
     return Index(name, *columns, postgresql_where=_NOW, sqlite_where=_NOW)
 
 
+def _ended(table: str) -> Index:
+    """For a table whose rows end: the versions that ended after a time T, which with the "now" rows
+    are what was valid at T (so a read as known last week visits those, not all of history)."""
+    return Index(f"ix_{table}_ended", "generation", "valid_to")
+
+
 def _versioned(name: str, keys: list[Column], columns: list[Column], *indexes: Index) -> Table:
     """A projection table: generation and key, then one row per version of what the key holds."""
     return Table(
@@ -66,6 +72,7 @@ pipeline_records = _versioned(
     [Column("status", String(40), nullable=False), Column("csm", String(200)), Column("account_id", String(200)),
      Column("account_name", String(200))],
     _now("ix_proj_pipeline_records_now", "generation", "status", "csm"),
+    _ended("proj_pipeline_records"),
 )
 
 status_history = _versioned(
@@ -74,6 +81,7 @@ status_history = _versioned(
     [Column("status", String(40), nullable=False), Column("csm", String(200)),
      Column("from_at", UTCDateTime, nullable=False),  # business time the record entered it
      Column("to_at", UTCDateTime)],  # business time it left (NULL: still there)
+    _ended("proj_status_history"),
 )
 
 # Open blockers only: a blocker that clears ends its row.
@@ -87,12 +95,14 @@ blockers = _versioned(
     _now("ix_proj_blockers_now", "generation", "csm", "since", "id", "seq"),
     _now("ix_proj_blockers_now_code", "generation", "code", "csm", "since", "id"),
     Index("ix_proj_blockers_csm", "generation", "csm", "since", "id", "seq"),
+    _ended("proj_blockers"),
 )
 
 cycle_stages = _versioned(
     "proj_cycle_stages",
     [Column("id", StreamId, primary_key=True), Column("stage", String(40), primary_key=True)],
     [Column("from_at", UTCDateTime, nullable=False), Column("to_at", UTCDateTime, nullable=False),
+     Column("quarter", String(7), nullable=False),  # of to_at, as reports group it (2026-Q3)
      Column("days", Float, nullable=False)],
     Index("ix_proj_cycle_stages_to", "generation", "to_at"),
 )
@@ -102,7 +112,8 @@ approver_times = _versioned(
     [Column("id", StreamId, primary_key=True), Column("round", Integer, primary_key=True),
      Column("role", String(40), primary_key=True)],
     [Column("decision", String(40), nullable=False), Column("requested_at", UTCDateTime, nullable=False),
-     Column("decided_at", UTCDateTime, nullable=False), Column("days", Float, nullable=False)],
+     Column("decided_at", UTCDateTime, nullable=False), Column("days", Float, nullable=False),
+     Column("quarter", String(7), nullable=False)],  # of decided_at
     Index("ix_proj_approver_times_decided", "generation", "decided_at"),
 )
 
@@ -114,6 +125,7 @@ candidates = _versioned(
      Column("msa_clear", Boolean, nullable=False),
      Column("candidate_since", UTCDateTime, nullable=False)],  # business time it last became one
     _now("ix_proj_candidates_now", "generation", "candidate_since"),
+    _ended("proj_candidates"),
 )
 
 # For each record and stuck rule that can hold for it as it is: the moment after which it holds
@@ -128,6 +140,7 @@ stuck = _versioned(
     _now("ix_proj_stuck_now_code", "generation", "code", "csm", "holds_after", "id"),
     _now("ix_proj_stuck_now_status", "generation", "status", "csm", "holds_after", "id", "code"),
     Index("ix_proj_stuck_csm", "generation", "csm", "holds_after", "id", "code"),  # as known at a past time
+    _ended("proj_stuck"),
 )
 
 PROJECTION_TABLES = (record_states, pipeline_records, status_history, blockers, cycle_stages, approver_times,

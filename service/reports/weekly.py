@@ -47,7 +47,7 @@ def weekly_report(view: View, links: Links, *, as_of: datetime) -> dict[str, Any
             "count": view.published_count(start, as_of),
             "items": [{"id": r["id"], "csm": r["csm"], "published_at": r["to_at"].isoformat(),
                        "days_from_commitment": r["days"]} for r in published.value]},
-        "cycle_times": _cycle_times(view.cycle_times(end=as_of), quarter_of(as_of)),
+        "cycle_times": _cycle_times(view.cycle_times(end=as_of, quarter=quarter_of(as_of)), quarter_of(as_of)),
         "projection": view.answer(None).projection(),
     }
 

@@ -10,7 +10,7 @@ import pytest
 from service.domain import replay
 from service.domain.machine import replay_steps
 from service.domain.model import CaseStudy
-from service.domain.reporting import blockers, percentile, quarter_of, summarise
+from service.domain.reporting import blockers, quantile_ranks, quarter_of, summarise
 from service.events.event import StoredEvent
 from service.projections.projectors import (
     BlockersProjector,
@@ -165,12 +165,17 @@ def test_a_record_becomes_a_candidate_when_kpis_improve_enough_and_nps_is_a_prom
 
 
 def test_percentiles_interpolate_between_closest_ranks():
-    assert percentile([], 0.5) is None
-    assert percentile([7], 0.9) == 7
-    assert percentile([1, 10, 1], 0.5) == 1
-    assert percentile([1, 1, 10], 0.9) == 8.2
-    assert percentile([4, 5], 0.9) == 4.9
+    assert summarise([]) == {"count": 0, "median_days": None, "p90_days": None}
+    assert summarise([7]) == {"count": 1, "median_days": 7, "p90_days": 7}
+    assert summarise([1, 10, 1]) == {"count": 3, "median_days": 1, "p90_days": 8.2}
+    assert summarise([5, 4]) == {"count": 2, "median_days": 4.5, "p90_days": 4.9}
     assert summarise([3, 1, 2, 4]) == {"count": 4, "median_days": 2.5, "p90_days": 3.7}
+
+
+def test_quantile_ranks_name_the_two_closest_ranks_and_the_share_between_them():
+    assert quantile_ranks(31, (9, 10)) == (27, 27, 0.0)
+    assert quantile_ranks(12, (9, 10)) == (9, 10, 0.9)
+    assert quantile_ranks(4, (1, 2)) == (1, 2, 0.5)
 
 
 @pytest.mark.parametrize("month,quarter", [(1, "2026-Q1"), (3, "2026-Q1"), (4, "2026-Q2"), (9, "2026-Q3"),
