@@ -254,10 +254,11 @@ STATE_COPY_COLUMNS = ("id", "status", "version", "csm", "account_id", "account_n
                       "entered_status_at", "last_activity_at", "state", "head_hash")
 
 
-def make_dataset(records: int, seed: int) -> tuple[list[tuple], list[tuple], dict]:
+def make_dataset(records: int, seed: int, *, now: datetime | None = None) -> tuple[list[tuple], list[tuple], dict]:
     """Every event row (sorted by business time, the order they would have been appended in)
-    and every state row, with counts by type and status."""
-    now = datetime.now(UTC)
+    and every state row, with counts by type and status; the same rows for the same arguments
+    (``now``: when the data ends, default the clock's)."""
+    now = now or datetime.now(UTC)
     events: list[tuple] = []
     states: list[tuple] = []
     by_status: dict[str, int] = {}
