@@ -25,8 +25,8 @@ from service.events.event import EVENT_COLUMNS, group_streams, stored_event
 from service.events.feed import Feed, Mark
 from service.events.tables import events
 from service.projections.checkpoints import Checkpoint, Checkpoints, ProjectionFailed
-from service.projections.projectors import Changes, EventNotProjected, Projector, choose, fold, start, stored
-from service.projections.rows import add_rows, add_states, layout
+from service.projections.projectors import Changes, EventNotProjected, Projector, choose, fold, start
+from service.projections.rows import add_rows, add_states, layout, state_json
 from service.projections.tables import PROJECTION_TABLES, record_states
 from service.times import utcnow
 
@@ -195,7 +195,7 @@ class Rebuilder:
                         rows = shape.version_rows(changes)
                         pending[shape.table].extend(rows)
                         buffered += len(rows)
-                    states.append((stream_id, stream[-1].version, stored(held)))
+                    states.append((stream_id, stream[-1].version, state_json(held)))
                     if buffered >= FLUSH_ROWS or len(states) >= FLUSH_STATES:
                         writer.write(pending, states)
                         pending, states, buffered = {shape.table: [] for shape in shapes}, [], 0

@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import JSON, Boolean, Connection, DateTime, Integer, Table, select
 from sqlalchemy.types import TypeDecorator
 
-from service.projections.projectors import Changes
+from service.projections.projectors import Changes, stored
 from service.projections.tables import record_states
 
 
@@ -79,7 +79,7 @@ def add_rows(conn: Connection, table: Table, generation: int, rows: list[tuple])
                 for row in rows:
                     row = list(row)
                     for index in as_json:
-                        row[index] = _json(row[index])
+                        row[index] = _json_text(row[index])
                     write((generation, *row))
         return
     converted = [(index, _SQLITE[kind]) for index, kind in enumerate(shape.kinds) if kind in _SQLITE]
@@ -131,27 +131,34 @@ def load_states(conn: Connection, generation: int, stream_ids: Sequence[str]) ->
     return {row.id: row.state for row in conn.execute(query)}
 
 
-def save_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
-    """Keep what the projections hold for each record, (id, version, state), added or replaced."""
+def state_json(held: dict[str, Any]) -> str:
+    """What the projections hold for a record (``fold``'s result), as it is written."""
+    return _json(stored(held))
+
+
+def save_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, str]]) -> None:
+    """Keep what the projections hold for each record, (id, version, ``state_json``), added or replaced."""
     states = list(states)
     if not states:
         return
     driver = conn.connection.driver_connection
     if conn.dialect.name == "postgresql":
+        document = "[" + ",".join(f'{{"id":{_json(i)},"version":{v},"state":{s}}}' for i, v, s in states) + "]"
         driver.execute(
             "INSERT INTO proj_record_states (generation, id, version, state) "
             "SELECT %s, s.id, s.version, s.state FROM jsonb_to_recordset(%s::jsonb) AS s(id text, version int, state jsonb) "
             "ON CONFLICT (generation, id) DO UPDATE SET version = excluded.version, state = excluded.state",
-            (generation, _json([{"id": i, "version": v, "state": s} for i, v, s in states])))
+            (generation, document))
     else:
         driver.executemany(
             "INSERT INTO proj_record_states (generation, id, version, state) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (generation, id) DO UPDATE SET version = excluded.version, state = excluded.state",
-            [(generation, i, v, _json(s)) for i, v, s in states])
+            [(generation, i, v, s) for i, v, s in states])
 
 
-def add_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
-    """Add what the projections hold for records new to ``generation`` (a rebuild's)."""
+def add_states(conn: Connection, generation: int, states: Iterable[tuple[str, int, str]]) -> None:
+    """Add what the projections hold for records new to ``generation`` (a rebuild's), (id, version,
+    ``state_json``)."""
     add_rows(conn, record_states, generation, list(states))
 
 
@@ -179,4 +186,9 @@ def _sqlite_time(value: datetime | None) -> str | None:
 
 
 _PG_TYPES = {"int": "integer", "other": "text", "time": "timestamptz", "bool": "boolean", "json": "jsonb"}
-_SQLITE = {"json": _json, "time": _sqlite_time, "bool": lambda value: None if value is None else int(value)}
+def _json_text(value: Any) -> str:
+    """A JSON column's value as text: as it is if it is JSON text already (``state_json``)."""
+    return value if isinstance(value, str) else _json(value)
+
+
+_SQLITE = {"json": _json_text, "time": _sqlite_time, "bool": lambda value: None if value is None else int(value)}

@@ -14,6 +14,7 @@ import threading
 from datetime import datetime
 from typing import Any, Callable
 
+import orjson
 import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,9 +23,9 @@ from service.events.db import transaction
 from service.events.event import StoredEvent
 from service.events.feed import Feed, Mark
 from service.projections.checkpoints import Checkpoints, ProjectionFailed
-from service.projections.projectors import Changes, EventNotProjected, Projector, fold, start, stored
+from service.projections.projectors import Changes, EventNotProjected, Projector, fold, start
 from service.projections.rebuild import ProjectionBusy, Rebuilder
-from service.projections.rows import apply_changes, load_states, save_states
+from service.projections.rows import apply_changes, load_states, save_states, state_json
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.projections")
@@ -45,9 +46,10 @@ class ProjectionRunner:
         self.batch = batch
         self.checkpoints = Checkpoints(engine, clock=clock)
         self.rebuilder = Rebuilder(engine, feed, projectors, self.checkpoints, clock=clock)
-        # What this runner last wrote for each record, good while the checkpoint is still the one it
-        # wrote with (nobody else has moved it since): a batch then reads only the records it has not.
-        self._held: dict[str, dict[str, Any]] = {}
+        # What this runner last wrote for each record (as the JSON it wrote: one object per record,
+        # which keeps memory small and costs the garbage collector nothing), good while the checkpoint
+        # is still the one it wrote with: a batch then reads only the records it has not.
+        self._held: dict[str, str] = {}
         self._held_at: tuple[int, int] | None = None
 
     def catch_up(self, *, max_batches: int | None = None) -> int:
@@ -80,13 +82,14 @@ class ProjectionRunner:
                 streams.setdefault(event.stream_id, []).append(event)
             if self._held_at != (checkpoint.position, checkpoint.generation):
                 self._forget()
-            held = {stream_id: self._held.pop(stream_id) for stream_id in streams if stream_id in self._held}
+            held = {stream_id: orjson.loads(self._held.pop(stream_id)) for stream_id in streams
+                    if stream_id in self._held}
             held.update(load_states(conn, checkpoint.generation, [s for s in streams if s not in held]))
         changes = Changes()
         chosen = list(self.projectors.values())
         try:
             folded = [(stream_id, events[-1].version,
-                       fold(stream_id, held.get(stream_id) or start(stream_id), events, chosen, changes))
+                       state_json(fold(stream_id, held.get(stream_id) or start(stream_id), events, chosen, changes)))
                       for stream_id, events in streams.items()]
         except EventNotProjected as error:
             self._forget()  # what was folded before the failure is not what is stored
@@ -103,7 +106,7 @@ class ProjectionRunner:
                     return 0  # another runner or a rebuild got there first; the next step starts from theirs
                 for table in changes.by_table:
                     apply_changes(conn, table, checkpoint.generation, changes)
-                save_states(conn, checkpoint.generation, [(i, v, stored(h)) for i, v, h in folded])
+                save_states(conn, checkpoint.generation, folded)
                 self.checkpoints.move(conn, Mark(last.position, last.recorded_at))
         except BaseException:
             self._forget()
@@ -112,7 +115,7 @@ class ProjectionRunner:
         log.info("projection_advanced", position=last.position, events=len(batch), records=len(streams))
         return len(batch)
 
-    def _remember(self, folded: list[tuple[str, int, dict[str, Any]]], at: tuple[int, int]) -> None:
+    def _remember(self, folded: list[tuple[str, int, str]], at: tuple[int, int]) -> None:
         for stream_id, _version, held in folded:
             self._held[stream_id] = held
         while len(self._held) > HELD_IN_MEMORY:
