@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import structlog
 from flask import Flask, g, request
-from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from service.api.params import MAX_BODY_BYTES
@@ -11,11 +10,12 @@ from service.api.problems import Problem
 from service.cursors import BadCursor
 from service.domain import GuardFailed, StreamCorrupt, TransitionNotAllowed
 from service.events.errors import (
-    DatabaseUnavailable,
     IdempotencyConflict,
     StreamAlreadyExists,
     StreamNotFound,
     VersionConflict,
+    unavailable,
+    unavailable_reason,
 )
 from service.events.feed import UnknownPosition
 from service.events.schemas import InvalidEvent, NotJson
@@ -23,6 +23,8 @@ from service.intake.deals import DealConflict, InvalidDeal
 from service.projections.queries import ProjectionBehind
 
 log = structlog.get_logger("casestudies.api")
+
+DATABASE_RETRY_AFTER = 2  # seconds: a restarting PostgreSQL is usually back by then
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
@@ -72,9 +74,11 @@ def to_problem(error: Exception) -> Problem:
             log.error("stream_corrupt", detail=str(error))
             return Problem("stream_corrupt", "a stored stream could not be replayed; "
                            "an operator has been told", request_id=_request_id())
-        case OperationalError() | DatabaseUnavailable():
-            log.error("database_unavailable", error=str(error).splitlines()[0][:200] if str(error) else None)
-            return Problem("database_unavailable", "the database cannot be reached; try again")
+        case _ if unavailable(error):
+            log.error("database_unavailable", error=unavailable_reason(error))
+            problem = Problem("database_unavailable", "the database cannot answer now; try again in a moment")
+            problem.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+            return problem
         case HTTPException():
             status = error.code or 500
             code = _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")

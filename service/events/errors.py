@@ -1,11 +1,12 @@
 """Storage outcomes a caller must handle, translated once from database errors."""
 from __future__ import annotations
 
+import sqlite3
 from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import exc
 
 
 class StoreError(Exception):
@@ -54,11 +55,36 @@ class LostRace(Exception):
     """The record moved (or was created) between the read and the write; nothing was written."""
 
 
+# The ways a database says it cannot answer now, any of which a later retry may get past: a
+# connection refused, reset or closed, an administrator's shutdown, a server starting or stopping,
+# too many connections, a statement timeout, a serialization failure or deadlock (psycopg's
+# OperationalError covers all of those), SQLite's "database is locked", and the pool's own timeout.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError,
+                exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError,
+                DatabaseUnavailable)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot answer now (so a retry later may succeed)."""
+    if isinstance(error, _UNAVAILABLE):
+        return True
+    return isinstance(error, exc.DBAPIError) and (error.connection_invalidated or isinstance(error.orig, _UNAVAILABLE))
+
+
+def unavailable_reason(error: BaseException) -> str:
+    """The first line of the database's own message, for the log (never a query or its values)."""
+    lines = str(getattr(error, "orig", None) or error).splitlines()
+    return lines[0][:200] if lines and lines[0] else type(error).__name__
+
+
 @contextmanager
 def translated() -> Iterator[None]:
-    """Database errors as the store's own: a connection refused, lost or reset is DatabaseUnavailable."""
+    """Database errors as the store's own: every way of being unavailable is DatabaseUnavailable."""
     try:
         yield
-    except (psycopg.OperationalError, OperationalError) as error:
-        reason = str(getattr(error, "orig", None) or error).splitlines()
-        raise DatabaseUnavailable(reason[0] if reason else "connection lost") from None
+    except DatabaseUnavailable:
+        raise
+    except Exception as error:
+        if not unavailable(error):
+            raise
+        raise DatabaseUnavailable(unavailable_reason(error)) from None

@@ -21,7 +21,7 @@ from psycopg.types.json import set_json_loads
 from sqlalchemy import Engine, Table, create_engine, event
 
 from service.events.db import transaction
-from service.events.errors import LostRace
+from service.events.errors import LostRace, translated
 from service.events.event import Decided
 from service.events.tables import STATE_COLUMNS
 
@@ -30,7 +30,10 @@ def make_postgres_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine in autocommit: most work is one statement (a read, or an append's single write),
     and BEGIN/COMMIT would add two round trips to each. Work that needs a transaction asks for
     one with ``db.transaction``."""
+    # pool_pre_ping: a pooled connection the server dropped (it restarted while we were idle) is
+    # found and replaced before use, so a restart nobody saw costs no request an error.
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, isolation_level="AUTOCOMMIT",
+                           pool_pre_ping=True,
                            json_serializer=_orjson_text, json_deserializer=orjson.loads)
 
     @event.listens_for(engine, "connect")
@@ -125,7 +128,8 @@ class PostgresWriter:
     @contextmanager
     def optimistic(self) -> Iterator[_PostgresSession]:
         """No lock and no transaction: the write is one statement."""
-        pooled = self.engine.raw_connection()
+        with translated():
+            pooled = self.engine.raw_connection()
         try:
             yield _PostgresSession(pooled.driver_connection, self.statements, locking=False)
         except psycopg.OperationalError:

@@ -362,7 +362,7 @@ def test_the_pipeline_counts_by_status_and_by_csm(client, keys, services):
     csm = unique_id("csm")
     for status in ["not_started", "not_started", "in_progress", "published", "declined"]:
         make(client, keys["writer"], status, csm=csm)
-    services.runner.catch_up()
+    project(services)
     answer = client.get("/projections/pipeline", headers=auth(keys["reader"])).get_json()
     assert answer["by_csm"][csm] == {"not_started": 2, "in_progress": 1, "awaiting_customer_approval": 0,
                                      "published": 1, "on_hold": 0, "declined": 1}
