@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark end to end and print the summary table (about 14 minutes, 9 of them projections).
+# Run every benchmark end to end and print the summary table (about 15 minutes).
 #   bench/run.sh                 # all parts
 #   bench/run.sh http store      # some parts: http, length, store, batch, breakdown, projections
 # Needs: the project's venv (.venv, as `make test` creates it, with the dev extras:
