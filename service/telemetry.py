@@ -7,7 +7,7 @@ workers start, so that a scrape of any worker reports the sum over all of them.
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 APPEND_SECONDS = Histogram(
     "casestudies_append_duration_seconds", "Time an append took in the event store, from the request "
@@ -16,3 +16,11 @@ APPEND_SECONDS = Histogram(
 EVENTS_APPENDED = Counter("casestudies_events_appended", "Events stored, by event type.", ["type"])
 HTTP_REQUESTS = Counter("casestudies_http_requests", "HTTP requests answered, by route and status.",
                         ["method", "route", "status"])
+
+# The helpers `casestudies serve` supervises (the projections worker, the outbox dispatcher).
+HELPER_UP = Gauge("casestudies_helper_up", "1 while the supervised helper runs.", ["helper"],
+                  multiprocess_mode="max")
+HELPER_RESTARTS = Counter("casestudies_helper_restarts", "Times the supervisor started a helper again after it "
+                          "exited.", ["helper"])
+HELPER_PROGRESS = Gauge("casestudies_helper_last_progress_timestamp_seconds", "When the helper last finished a "
+                        "round of its work (Unix time).", ["helper"], multiprocess_mode="max")

@@ -38,7 +38,7 @@ def _worker_gone(server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def serve(host: str, port: int, workers: int, threads: int = 1, load: Callable = app) -> None:
+def serve(host: str, port: int, workers: int, threads: int = 1, timeout: int = 30, load: Callable = app) -> None:
     """Run gunicorn in the foreground; each worker calls ``load`` and so builds its own app and pool."""
     settings = Settings.from_env()
     hooks = {"child_exit": _worker_gone} if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else {}
@@ -50,7 +50,25 @@ def serve(host: str, port: int, workers: int, threads: int = 1, load: Callable =
         "threads": threads,
         "worker_class": "gthread" if threads > 1 else "sync",
         "accesslog": None,  # the app logs one structured line per request
-        "timeout": 30,
+        "timeout": timeout,
         "graceful_timeout": 10,
         "keepalive": 5,
     }, load).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m service.wsgi``: gunicorn alone, as ``casestudies serve`` starts (and restarts) it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m service.wsgi")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timeout", type=int, default=30)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.workers, args.threads, args.timeout)
+
+
+if __name__ == "__main__":
+    main()

@@ -177,6 +177,36 @@ class Health(_Answer):
     status: str
 
 
+class HelperHealth(_Answer):
+    """One helper: what its supervisor knows (when ``serve`` runs it) and how far behind its work is."""
+
+    supervised: bool
+    running: bool | None = None
+    pid: int | None = None
+    restarts: int | None = None
+    started_at: str | None = None
+    last_exit_code: int | None = None
+    last_exit_at: str | None = None
+    next_start_at: str | None = None
+    last_progress_at: str | None = None
+    progress_age_seconds: float | None = None
+    lag_events: int | None = None
+    lag_seconds: float | None = None
+    failing: bool | None = None
+    pending: int | None = None
+    oldest_pending_age_seconds: float | None = None
+    dead: int | None = None
+
+
+class HealthDetails(_Answer):
+    """``ok``, or ``degraded`` with the reasons: the database, a helper stopped or making no progress."""
+
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    database: dict[str, Any]
+    helpers: dict[str, HelperHealth]
+
+
 class DealDecision(_Answer):
     """What became of a deal: ``created`` (201), ``exists`` or ``not_created`` (200)."""
 

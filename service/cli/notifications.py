@@ -20,11 +20,12 @@ def notifications() -> None:
 def notifications_run(poll: float, parent: int | None) -> None:
     """Deliver the outbox until stopped (SIGTERM or Ctrl-C), and announce newly stuck records."""
     from service.bootstrap import dispatcher
+    from service.supervision import beat
 
     wired = services(log_stream=sys.stdout)
     stop = stop_on_signals()
     with database_errors():
-        dispatcher(wired).run(stop, poll_seconds=poll, parent_pid=parent)
+        dispatcher(wired).run(stop, poll_seconds=poll, parent_pid=parent, on_round=lambda: beat("notifications"))
 
 
 @notifications.command("list")

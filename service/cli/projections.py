@@ -40,10 +40,12 @@ def _projector_names(wired, name: str | None) -> list[str] | None:
 @click.option("--parent", type=int, hidden=True, help="Stop when this process is gone (set by serve).")
 def projections_run(poll: float, parent: int | None) -> None:
     """Keep every projector following the feed until stopped (SIGTERM or Ctrl-C)."""
+    from service.supervision import beat
+
     wired = services(log_stream=sys.stdout)
     stop = stop_on_signals()
     with database_errors():
-        wired.runner.run(stop, poll_seconds=poll, parent_pid=parent)
+        wired.runner.run(stop, poll_seconds=poll, parent_pid=parent, on_round=lambda: beat("projections"))
 
 
 @projections.command("rebuild")

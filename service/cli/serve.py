@@ -1,15 +1,15 @@
-"""``casestudies serve``: the API under gunicorn, with the projections worker and the dispatcher beside it."""
+"""``casestudies serve``: the API under gunicorn, with the projections worker and the dispatcher beside it,
+all three supervised."""
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import click
 
-from service.cli.common import settings
+from service.cli.common import settings, stop_on_signals
 
 
 @click.command()
@@ -19,34 +19,40 @@ from service.cli.common import settings
               help="gunicorn worker processes.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Threads per worker (more than 1 uses gunicorn's gthread worker).")
+@click.option("--timeout", default=30, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds a worker may spend on one request before gunicorn replaces it (the request "
+                   "is lost; the server and its other requests carry on).")
 @click.option("--projectors/--no-projectors", default=True, show_default=True,
               help="Also run `casestudies projections run` beside the server (turn off where a separate "
                    "worker keeps the projections, as in docker-compose.yml).")
 @click.option("--notifications/--no-notifications", default=True, show_default=True,
               help="Also run `casestudies notifications run` beside the server (turn off where a separate "
                    "dispatcher delivers the outbox, as in docker-compose.yml).")
-def serve(host: str, port: int, workers: int, threads: int, projectors: bool, notifications: bool) -> None:
-    """Serve the API with gunicorn."""
-    settings()
-    # Each gunicorn worker is a process: its metrics go to files here, summed by whichever
-    # worker answers a scrape. Set before anything imports prometheus_client.
-    metrics_dir = None
+def serve(host: str, port: int, workers: int, threads: int, timeout: int, projectors: bool,
+          notifications: bool) -> None:
+    """Serve the API with gunicorn, and keep it and the helpers beside it running."""
+    chosen = settings()
+    # One folder for this server's run: each gunicorn worker's metrics (summed by whichever worker
+    # answers a scrape) and what the supervisor and helpers report. Set before anything imports
+    # prometheus_client.
+    run_dir = tempfile.mkdtemp(prefix="casestudies-serve-")
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="casestudies-metrics-")
-    from service.wsgi import serve as run
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(run_dir, "metrics")
+        os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    from service.logs import configure_logging
+    from service.supervision import HELPERS_DIR, Supervisor
 
-    beside = [group for group, wanted in (("projections", projectors), ("notifications", notifications)) if wanted]
-    helpers = [subprocess.Popen([sys.executable, "-m", "service.cli", group, "run", "--parent", str(os.getpid())])
-               for group in beside]
+    os.environ[HELPERS_DIR] = run_dir
+    configure_logging(chosen.log_format, chosen.log_level, stream=sys.stdout)
+    # gunicorn and each helper are this process's children, and nothing else runs here: a worker
+    # that leaves (its timeout, a SIGTERM, max_requests) is gunicorn's to replace, and whichever
+    # child exits is started again. Only this process sets up and tears down.
+    children = {"api": [sys.executable, "-m", "service.wsgi", "--host", host, "--port", str(port),
+                        "--workers", str(workers), "--threads", str(threads), "--timeout", str(timeout)]}
+    for group, wanted in (("projections", projectors), ("notifications", notifications)):
+        if wanted:
+            children[group] = [sys.executable, "-m", "service.cli", group, "run", "--parent", str(os.getpid())]
     try:
-        run(host=host, port=port, workers=workers, threads=threads)
+        Supervisor(children).run(stop_on_signals())
     finally:
-        for helper in helpers:
-            helper.terminate()
-        for helper in helpers:
-            try:
-                helper.wait(10)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)

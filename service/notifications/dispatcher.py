@@ -284,9 +284,10 @@ class Dispatcher:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,
-            parent_pid: int | None = None) -> None:
+            parent_pid: int | None = None, on_round: Callable[[], None] | None = None) -> None:
         """Deliver until ``stop`` is set (or process ``parent_pid`` is gone); scan for stuck records
-        every ``stuck_scan_seconds`` (0: never). A database that cannot be reached is retried with backoff."""
+        every ``stuck_scan_seconds`` (0: never). A database that cannot be reached is retried with backoff.
+        ``on_round`` is called after each round that did not fail (idle ones too)."""
         next_scan, delay = time.monotonic(), poll_seconds
         while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
             try:
@@ -295,6 +296,8 @@ class Dispatcher:
                     next_scan = time.monotonic() + self.settings.stuck_scan_seconds
                 tried = self.run_once()
                 delay = poll_seconds
+                if on_round is not None:
+                    on_round()
             except Exception as error:  # the dispatcher outlives any one failure; it retries with backoff
                 delay = min(max_backoff, delay * 2)
                 if isinstance(error, DBAPIError):

@@ -141,12 +141,13 @@ class ProjectionRunner:
         return page
 
     def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,
-            parent_pid: int | None = None) -> None:
+            parent_pid: int | None = None, on_round: Callable[[], None] | None = None) -> None:
         """Follow the feed until ``stop`` is set (or process ``parent_pid`` is gone).
 
         Projections found at the start of a store that has events are rebuilt first (one pass
         over the store) rather than followed batch by batch. A failing batch, or a database that
-        cannot be reached, is retried with backoff up to ``max_backoff`` seconds."""
+        cannot be reached, is retried with backoff up to ``max_backoff`` seconds. ``on_round`` is
+        called after each round that did not fail (idle ones too)."""
         delay, ready = poll_seconds, False
         while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
             try:
@@ -155,6 +156,8 @@ class ProjectionRunner:
                     ready = True
                 progressed = self._advance()
                 delay = poll_seconds
+                if on_round is not None:
+                    on_round()
             except Exception as error:  # the worker outlives any one failure; it retries with backoff
                 delay = min(max_backoff, delay * 2)
                 if isinstance(error, DBAPIError):

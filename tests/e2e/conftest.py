@@ -10,7 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import pytest
 
@@ -42,29 +44,44 @@ def call(base: str, method: str, path: str, key: str | None = None, body=None, h
         return error.code, dict(error.headers), json.loads(error.read() or b"null")
 
 
-@pytest.fixture
-def served(fresh_database, tmp_path):
-    url = fresh_database.url
-    migrated = cli(url, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
+class Served(NamedTuple):
+    url: str  # the database's
+    base: str  # the server's
+    log_path: Path
+    process: subprocess.Popen  # `casestudies serve`: gunicorn's arbiter and the helpers' supervisor
+
+
+@contextmanager
+def serving(url: str, folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """`casestudies serve --workers 2 *args` on ``url`` (migrated), on a free port, until it answers ready."""
     port = free_port()
-    log_path = tmp_path / "server.log"
+    log_path = folder / "server.log"
     with log_path.open("w") as log:
-        server = subprocess.Popen([str(BIN / "casestudies"), "serve", "--port", str(port), "--workers", "2"],
+        server = subprocess.Popen([str(BIN / "casestudies"), "serve", "--port", str(port), "--workers", "2", *args],
                                   env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json",
-                                       "KEY_CACHE_SECONDS": "1"},
+                                       "KEY_CACHE_SECONDS": "1", **(env or {})},
                                   stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
-    while True:
-        try:
-            if call(base, "GET", "/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert server.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.1)
-    yield url, base, log_path
-    server.terminate()
-    server.wait(timeout=15)
+    try:
+        while True:
+            try:
+                if call(base, "GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        yield Served(url, base, log_path, server)
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
+@pytest.fixture
+def served(fresh_database, tmp_path):
+    migrated = cli(fresh_database.url, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    with serving(fresh_database.url, tmp_path) as server:
+        yield server

@@ -15,7 +15,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 @pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
 def test_the_docs_page_shows_every_operation_of_the_document(served, tmp_path):
-    _, base, _ = served
+    _, base, _, _ = served
     status, _, document = call(base, "GET", "/openapi.json")
     assert status == 200
     rendered = subprocess.run(

@@ -15,7 +15,7 @@ from tests.factories import COMMITTED
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
 def test_a_new_user_migrates_makes_keys_and_walks_a_record_to_publication(served):
-    url, base, log_path = served
+    url, base, log_path, _ = served
     made = cli(url, "keys", "create", "--role", "writer", "--name", "crm-automation")
     assert made.returncode == 0, made.stderr
     writer = made.stdout.strip()
@@ -70,7 +70,7 @@ def test_a_new_user_migrates_makes_keys_and_walks_a_record_to_publication(served
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgres"], indirect=True)
 def test_the_projections_worker_beside_the_server_keeps_reports_current(served):
-    url, base, log_path = served
+    url, base, log_path, _ = served
     writer = cli(url, "keys", "create", "--role", "writer", "--name", "crm").stdout.strip()
     reader = cli(url, "keys", "create", "--role", "reader", "--name", "reporting").stdout.strip()
     for event_type in ("committed", "started"):
@@ -123,7 +123,7 @@ def test_readyz_says_not_ready_until_the_database_is_migrated(fresh_database, tm
 def test_metrics_add_up_every_gunicorn_worker(served):
     from prometheus_client.parser import text_string_to_metric_families
 
-    url, base, _ = served
+    url, base, _, _ = served
     writer = cli(url, "keys", "create", "--role", "writer", "--name", "crm").stdout.strip()
     for n in range(12):  # spread over both workers by gunicorn
         assert call(base, "POST", f"/case-studies/m-{n}/events", writer, {"type": "committed", "data": COMMITTED})[0] == 201

@@ -25,8 +25,8 @@ from tests.factories import COMMITTED, VALID_DATA
 from tests.integration.test_deals import DEAL
 from tests.tcpproxy import TcpProxy
 
-# No database behind these: they answer whatever the database does.
-NO_DATABASE = {"/healthz", "/metrics", "/openapi.json", "/machine", "/docs/", "/docs/<path:path>", "/static/<path:filename>"}
+# These answer whatever the database does: no database behind them, or they report its absence.
+NO_DATABASE = {"/healthz", "/metrics", "/healthz/details", "/openapi.json", "/machine", "/docs/", "/docs/<path:path>", "/static/<path:filename>"}
 
 
 @pytest.fixture
@@ -113,6 +113,8 @@ def test_every_endpoint_answers_503_with_retry_after_while_the_database_is_away(
     assert problem(client.get("/readyz"), 503, "not_ready")
     metrics = client.get("/metrics")  # the process's own metrics still, and the database's absence
     assert metrics.status_code == 200 and "casestudies_metrics_database_up 0.0" in metrics.get_data(as_text=True)
+    details = client.get("/healthz/details").get_json()
+    assert details["status"] == "degraded" and details["database"] == {"up": False}
     assert client.get("/healthz").status_code == 200
     proxy.restore()
     again = client.post(f"/case-studies/{stream}/events", headers=auth(keys["writer"]),
