@@ -26,6 +26,6 @@ def create_app(settings: Settings | None = None, services: "Services | None" = N
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.extensions["casestudies"] = services or build(settings)
+    app.extensions["casestudies"] = services or build(settings, serving=True)
     register(app)
     return app

@@ -15,6 +15,7 @@ from service.events.store import EventStore
 from service.links import Links
 from service.notifications.outbox import Outbox, OutboxPlanner
 from service.notifications.subscriptions import Subscriptions
+from service.notifications.targets import Targets, parse_networks
 from service.projections.projectors import projectors
 from service.projections.queries import Projections
 from service.projections.records import Records
@@ -38,11 +39,14 @@ class Services:
     outbox: Outbox
 
 
-def build(settings: Settings, engine: Engine | None = None) -> Services:
-    """Wire the store, keys, projections and the outbox onto one engine (made from settings unless given)."""
-    engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+def build(settings: Settings, engine: Engine | None = None, *, serving: bool = False) -> Services:
+    """Wire the store, keys, projections and the outbox onto one engine (made from settings unless
+    given; one that ``serving`` requests bounds each statement by ``STATEMENT_TIMEOUT_SECONDS``)."""
+    engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                                   statement_timeout=settings.statement_timeout_seconds if serving else 0)
     links = Links(settings.public_base_url)
-    subscriptions = Subscriptions(engine, cache_seconds=settings.webhook_cache_seconds)
+    subscriptions = Subscriptions(engine, cache_seconds=settings.webhook_cache_seconds,
+                                  targets=Targets(parse_networks(settings.webhook_allowed_networks)))
     # The outbox takes part in every append: its messages are written in the append's transaction.
     planner = OutboxPlanner(subscriptions, slack=settings.slack_webhook_url is not None, links=links,
                             kpi_threshold_pct=settings.candidate_kpi_improvement_pct)

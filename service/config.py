@@ -7,13 +7,14 @@ default is written once, where the setting is declared: here, or in the group's 
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 from service.domain import StuckThresholds
@@ -34,6 +35,18 @@ def _lower(value: Any) -> Any:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _networks(value: Any) -> Any:
+    """A comma-separated list of IP addresses or networks, each one checked."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    for part in value:
+        ipaddress.ip_network(part, strict=False)  # ValueError names what is wrong
+    return tuple(value)
+
+
+Networks = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_networks)]
 
 
 class SettingsError(ValueError):
@@ -76,7 +89,11 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000  # where `make run` serves
     public_base_url: HttpUrl | None = None  # how people and other tools reach this service (default: PORT's)
     webhook_cache_seconds: Seconds = 5.0
+    # internal addresses webhooks may nevertheless be delivered to (e.g. "10.20.0.0/16,127.0.0.1")
+    webhook_allowed_networks: Networks = ()
     read_wait_seconds: Seconds = 2.0  # how long a read asking for a position waits for the projections
+    costly_reads_per_key: Annotated[int, Field(ge=0)] = 1  # reports and projections at once, per key (0: no limit)
+    statement_timeout_seconds: Seconds = 20.0  # for requests, on PostgreSQL (0: none)
     slack_webhook_url: HttpUrl | None = Field(default=None, repr=False)  # a secret: never logged
     notify: DeliverySettings = Field(default_factory=DeliverySettings)
 

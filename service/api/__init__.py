@@ -23,6 +23,7 @@ def register(app: Flask) -> None:
         case_studies,
         errors,
         feed,
+        headers,
         health,
         integrations,
         machine,
@@ -34,6 +35,7 @@ def register(app: Flask) -> None:
     )
 
     requestlog.register(app)
+    headers.register(app)
     errors.register(app)
     metrics.register(app)
     app.register_blueprint(health.bp)

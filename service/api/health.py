@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import migrations
 from service.api import responses as doc
 from service.api import services
+from service.api.metrics import readings
 from service.api.openapi import describe
 from service.api.problems import Problem
 from service.supervision import helpers_status
@@ -49,7 +50,7 @@ def healthz_details():
 
     ``supervised`` is false where this server does not run the helpers itself (they run as their
     own processes, as in docker-compose.yml): their lag still tells whether something does."""
-    wired, now = services(), utcnow()
+    now = utcnow()
     reasons: list[str] = []
     supervised = helpers_status()
     helpers: dict[str, dict] = {name: {"supervised": False} for name in ("projections", "notifications")}
@@ -65,8 +66,7 @@ def healthz_details():
             reasons.append(f"{name} has finished no round for {age:.0f} s")
     database: dict = {"up": True}
     try:
-        status = wired.runner.status()
-        depth = wired.outbox.depth()
+        depth, status = readings().read()
     except SQLAlchemyError:
         database["up"] = False
         reasons.append("the database cannot be reached")

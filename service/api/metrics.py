@@ -7,7 +7,10 @@ gauges are read from the database at scrape time, so they are the same whichever
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import datetime
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
@@ -22,11 +25,42 @@ bp = Blueprint("metrics", __name__)
 
 
 
+READINGS_CACHE_SECONDS = 5.0  # scrapes and health checks are open to all: each process reads at most this often
+
+
+class Readings:
+    """The outbox's depth and the projections' status, read from the database at most every
+    ``READINGS_CACHE_SECONDS`` in this process (a failed read is not kept)."""
+
+    def __init__(self, wired: Services, clock=time.monotonic):
+        self.services = wired
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._kept: tuple[float, Any, dict] | None = None
+
+    def read(self) -> tuple[Any, dict]:
+        with self._lock:
+            if self._kept is None or self.clock() >= self._kept[0]:
+                depth, status = self.services.outbox.depth(), self.services.runner.status()
+                self._kept = (self.clock() + READINGS_CACHE_SECONDS, depth, status)
+            return self._kept[1], self._kept[2]
+
+    def forget(self) -> None:
+        """Read afresh next time."""
+        with self._lock:
+            self._kept = None
+
+
+def readings() -> Readings:
+    """This app's cached readings."""
+    return current_app.extensions["casestudies_readings"]
+
+
 class DatabaseGauges:
     """Outbox depth, the oldest pending message's age, and each projector's lag, read when scraped."""
 
-    def __init__(self, wired: Services, clock=utcnow):
-        self.services = wired
+    def __init__(self, source: Readings, clock=utcnow):
+        self.source = source
         self.clock = clock
 
     def describe(self):
@@ -35,8 +69,7 @@ class DatabaseGauges:
     def collect(self):
         up = GaugeMetricFamily("casestudies_metrics_database_up", "1 when the database gauges below could be read.")
         try:
-            depth = self.services.outbox.depth()
-            status = self.services.runner.status()
+            depth, status = self.source.read()
         except SQLAlchemyError:
             up.add_metric([], 0)
             yield up
@@ -69,19 +102,20 @@ def _age(since: datetime | None, now: datetime) -> float:
     return max((now - since).total_seconds(), 0.0) if since else 0.0
 
 
-def registry_for(wired: Services) -> CollectorRegistry:
+def registry_for(source: Readings) -> CollectorRegistry:
     """The registry a scrape renders: this process's metrics (or every worker's) and the database gauges."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(REGISTRY)
-    registry.register(DatabaseGauges(wired))
+    registry.register(DatabaseGauges(source))
     return registry
 
 
 def register(app: Flask) -> None:
-    app.extensions["casestudies_metrics"] = registry_for(app.extensions["casestudies"])
+    app.extensions["casestudies_readings"] = Readings(app.extensions["casestudies"])
+    app.extensions["casestudies_metrics"] = registry_for(app.extensions["casestudies_readings"])
 
 
 @bp.get("/metrics")

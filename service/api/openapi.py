@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, current_app, redirect
 from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, TypeAdapter
 
@@ -123,6 +123,8 @@ def _error_codes(view: Callable) -> list[str]:
         codes += ["unauthorized", "forbidden"]
     if getattr(view, "query_params", ()):
         codes.append("invalid_parameter")
+    if getattr(view, "costly", False):
+        codes.append("too_many_requests")
     if meta["body"] is not None:
         codes += ["payload_too_large", "unsupported_media_type"]
     return list(dict.fromkeys(codes + list(ALWAYS)))
@@ -194,6 +196,12 @@ def openapi_json():
     if document is None:
         document = current_app.extensions["casestudies_openapi"] = build(current_app)
     return document
+
+
+@bp.get("/docs")
+def docs_redirect():
+    """To Swagger UI, by a relative address: never one built from the request's Host header."""
+    return redirect("/docs/", code=308)
 
 
 def register(app: Flask) -> None:

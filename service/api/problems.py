@@ -29,6 +29,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_event": (422, "Invalid event"),
     "invalid_deal": (422, "Invalid deal"),
     "invalid_request": (422, "Invalid request body"),
+    "too_many_requests": (429, "Too many costly reads at once"),
     "internal_error": (500, "Internal error"),
     "stream_corrupt": (500, "Stored stream cannot be replayed"),
     "database_unavailable": (503, "Database unavailable"),

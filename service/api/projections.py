@@ -17,6 +17,7 @@ from service.access.roles import PROJECTION_READERS
 from service.api import params, services
 from service.api import responses as doc
 from service.api.auth import requires
+from service.api.limits import costly
 from service.api.openapi import describe
 from service.domain import STATUS_LABELS, STUCK_CODES
 from service.domain.reporting import BLOCKER_CODES, STAGES
@@ -54,6 +55,7 @@ def _next(endpoint: str, keep: tuple[str, ...], **values) -> str:
 @bp.get("/projections/pipeline")
 @describe(responses={200: doc.Pipeline}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
+@costly
 @params.accepts(params.FORMAT, AS_OF, MIN_POSITION)
 def pipeline(fmt, as_of, min_position):
     """Counts by status, and by CSM and status (JSON or CSV)."""
@@ -82,6 +84,7 @@ def blocker_items(view: View, rows: list[dict]) -> list[dict]:
 @bp.get("/projections/blockers")
 @describe(responses={200: doc.Items}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
+@costly
 @params.accepts(params.FORMAT, AS_OF, params.CSM, params.OneOf("code", "only blockers of this kind", BLOCKER_CODES),
                 params.Number("limit", "blockers per page", default=1000, low=1, high=10_000), params.CURSOR,
                 MIN_POSITION)
@@ -105,6 +108,7 @@ def blockers(fmt, as_of, csm, code, limit: int, cursor, min_position):
 @bp.get("/projections/cycle-times")
 @describe(responses={200: doc.CycleTimes}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
+@costly
 @params.accepts(params.FORMAT, params.AsOf("from", "only stages that ended from then", date_is_start=True, arg="start"),
                 params.AsOf("to", "only stages that ended by then", arg="end"), params.CSM, AS_OF, MIN_POSITION)
 def cycle_times(fmt, start, end, csm, as_of, min_position):
@@ -131,6 +135,7 @@ CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct
 @bp.get("/projections/candidates")
 @describe(responses={200: doc.Items}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
+@costly
 @params.accepts(params.FORMAT, params.AsOf("since", "only records that became candidates from then",
                                            date_is_start=True), params.CSM, AS_OF, MIN_POSITION)
 def candidates(fmt, since, csm, as_of, min_position):
@@ -185,6 +190,7 @@ def _stuck_cells(item: dict) -> list:
 @bp.get("/projections/stuck")
 @describe(responses={200: doc.Items}, csv=True, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
+@costly
 @params.accepts(params.FORMAT, params.AsOf("as_of", "the reference time: default now; a past time answers as "
                                                     "known then"),
                 params.CSM, params.OneOf("code", "only findings of this rule", STUCK_CODES),

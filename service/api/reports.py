@@ -7,6 +7,7 @@ from service.access.roles import PROJECTION_READERS
 from service.api import params, services
 from service.api import responses as doc
 from service.api.auth import requires
+from service.api.limits import costly
 from service.api.openapi import Body, describe
 from service.reports.weekly import to_html, to_markdown, weekly_report
 
@@ -26,6 +27,7 @@ def _format(chosen: str | None) -> str:
 @describe(responses={200: [Body(doc.WeeklyReport), Body({"type": "string"}, "text/markdown"),
                            Body({"type": "string"}, "text/html")]}, errors=("projection_behind", "unknown_position"))
 @requires(*PROJECTION_READERS)
+@costly
 @params.accepts(params.OneOf("format", "json, md or html; without it, the Accept header decides", tuple(FORMATS),
                              arg="chosen"),
                 params.AsOf("as_of", "the end of the week to report (default now), as known then"),

@@ -32,13 +32,14 @@ class Writer(Protocol):
     def locked(self) -> ContextManager[Session]: ...
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for ``url`` with the settings its database needs for a correct event store."""
+def make_engine(url: str, *, pool_size: int = 5, statement_timeout: float = 0) -> Engine:
+    """An engine for ``url`` with the settings its database needs for a correct event store;
+    ``statement_timeout`` (seconds) bounds each statement on PostgreSQL (SQLite has no such bound)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return make_sqlite_engine(url, parsed.database)
-    return make_postgres_engine(url, pool_size=pool_size)
+    return make_postgres_engine(url, pool_size=pool_size, statement_timeout=statement_timeout)
 
 
 def writer_for(engine: Engine, companion: Table | None = None) -> Writer:

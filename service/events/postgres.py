@@ -26,14 +26,16 @@ from service.events.event import Decided
 from service.events.tables import STATE_COLUMNS
 
 
-def make_postgres_engine(url: str, *, pool_size: int = 5) -> Engine:
+def make_postgres_engine(url: str, *, pool_size: int = 5, statement_timeout: float = 0) -> Engine:
     """An engine in autocommit: most work is one statement (a read, or an append's single write),
     and BEGIN/COMMIT would add two round trips to each. Work that needs a transaction asks for
-    one with ``db.transaction``."""
+    one with ``db.transaction``. ``statement_timeout`` (seconds, 0: none) bounds every statement,
+    for engines that serve requests."""
+    timeout = {"options": f"-c statement_timeout={round(statement_timeout * 1000)}"} if statement_timeout else {}
     # pool_pre_ping: a pooled connection the server dropped (it restarted while we were idle) is
     # found and replaced before use, so a restart nobody saw costs no request an error.
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, isolation_level="AUTOCOMMIT",
-                           pool_pre_ping=True,
+                           pool_pre_ping=True, connect_args=timeout,
                            json_serializer=_orjson_text, json_deserializer=orjson.loads)
 
     @event.listens_for(engine, "connect")

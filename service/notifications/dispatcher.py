@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Callable
 
 import httpx
@@ -43,6 +44,7 @@ from service.notifications.messages import records_stuck_message
 from service.notifications.outbox import MESSAGE_COLUMNS, Message, message
 from service.notifications.subscriptions import Subscriptions
 from service.notifications.tables import outbox, stuck_announcements
+from service.notifications.targets import TargetRefused, guarded_transport
 from service.projections.queries import Projections, StuckItem
 from service.times import utcnow
 
@@ -58,6 +60,13 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The signature header's value: ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:
@@ -115,6 +124,11 @@ class Dispatcher:
         self.clock = clock
         self.client = client or httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
                                               headers={"User-Agent": USER_AGENT})
+        # Webhooks go to addresses an admin chose: only to those the subscriptions' targets allow,
+        # checked on the addresses connected to. (The Slack URL is the operator's own setting.)
+        self.webhook_client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False,
+                                           headers={"User-Agent": USER_AGENT},
+                                           transport=guarded_transport(subscriptions.targets))
 
     # -- claiming and marking ------------------------------------------------------------------
     def claim(self) -> Claimed | None:
@@ -162,20 +176,22 @@ class Dispatcher:
         if item.destination == "slack":
             if not self._slack_webhook_url:
                 return Attempt(False, None, "SLACK_WEBHOOK_URL is not set for the dispatcher")
-            return self._post(self._slack_webhook_url, orjson.dumps(item.payload),
+            return self._post(self.client, self._slack_webhook_url, orjson.dumps(item.payload),
                               {"Content-Type": "application/json"})
         subscription = self.subscriptions.get(item.subscription_id) if item.subscription_id else None
         if subscription is None or subscription.removed_at is not None:
             return Attempt(False, None, "the webhook subscription was removed", final=True)
         body = orjson.dumps(item.payload)
-        return self._post(subscription.url, body, {
+        return self._post(self.webhook_client, subscription.url, body, {
             "Content-Type": "application/cloudevents+json; charset=utf-8",
             SIGNATURE_HEADER: sign(subscription.secret, int(time.time()), body),
         })
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+    def _post(self, client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
         try:
-            response = self.client.post(url, content=body, headers=headers)
+            response = client.post(url, content=body, headers=headers)
+        except TargetRefused as refused:
+            return Attempt(False, None, str(refused), final=True)
         except httpx.TimeoutException:
             return Attempt(False, None, f"no answer within {self.settings.timeout_seconds:g} s")
         except httpx.TransportError as error:
@@ -184,8 +200,8 @@ class Dispatcher:
             return Attempt(False, None, "the receiver's URL cannot be used", final=True)
         if 200 <= response.status_code < 300:
             return Attempt(True, response.status_code, None)
-        detail = response.text[:200].strip()
-        error = f"HTTP {response.status_code}" + (f": {detail}" if detail else "")
+        # The status and its standard phrase only: what a receiver answers is never kept or logged.
+        error = f"HTTP {response.status_code}" + (f" {_phrase(response.status_code)}" if _phrase(response.status_code) else "")
         if response.status_code == 429:
             wait = retry_after(response.headers.get("Retry-After"), self.clock())
             return Attempt(False, 429, error, wait_seconds=wait if wait is not None else self.settings.backoff_seconds)
@@ -310,3 +326,4 @@ class Dispatcher:
             if not tried:
                 stop.wait(poll_seconds)
         self.client.close()
+        self.webhook_client.close()

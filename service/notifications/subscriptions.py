@@ -15,6 +15,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from service.domain import EVENT_TYPES
 from service.notifications.tables import outbox, webhook_subscriptions
+from service.notifications.targets import Targets
 from service.times import utcnow
 
 ALL_TYPES = "*"
@@ -78,8 +79,10 @@ class Subscriptions:
     them up; a subscription added or removed takes effect within that time in every process
     (at once in the one that changed it)."""
 
-    def __init__(self, engine: Engine, *, cache_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, engine: Engine, *, cache_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 targets: Targets | None = None):
         self.engine = engine
+        self.targets = targets or Targets()
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._active: tuple[Subscription, ...] = ()
@@ -91,6 +94,8 @@ class Subscriptions:
         url = url.strip()
         if not _URL.match(url) or len(url) > 2048 or not _usable(url):
             raise SubscriptionError("the URL must be an http:// or https:// URL of at most 2048 characters")
+        if (refused := self.targets.refusal(url)) is not None:
+            raise SubscriptionError(refused)
         wanted = checked_types(types)
         secret = secret if secret is not None else "whsec_" + secrets.token_urlsafe(32)
         if not 16 <= len(secret) <= 200 or not secret.isprintable():

@@ -71,10 +71,16 @@ def _cycle_times(cycle: Answer, quarter: str) -> dict[str, Any]:
             "all_time_approver_roles": cycle.value["overall"]["approver_roles"]}
 
 
+_MD_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MD_PUNCTUATION = set("\\`*[]()!#|~")  # not "_": inside a word it emphasises nothing
+
+
 def _md(value: Any) -> str:
-    """Text as one Markdown table cell or list item shows it: no line breaks, pipes escaped."""
-    text = "" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Stored text as one Markdown table cell or list item shows it, as text and nothing else: no
+    line breaks; HTML's ``& < >`` as entities (as the HTML report escapes them); Markdown's own
+    punctuation (links, images, emphasis, code, pipes) escaped with a backslash."""
+    text = "" if value is None else " ".join(str(value).splitlines())
+    return "".join(_MD_HTML.get(c) or (f"\\{c}" if c in _MD_PUNCTUATION else c) for c in text)
 
 
 def _days(value: float | None) -> str:

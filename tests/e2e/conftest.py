@@ -19,8 +19,8 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"}
+def cli(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", **(env or {})}
     return subprocess.run([str(BIN / "casestudies"), *args], env=env, capture_output=True, text=True,
                           timeout=60)
 

@@ -29,8 +29,9 @@ def wait_for(condition, what: str, timeout: float = 20.0):
 def test_a_dispatcher_killed_between_send_and_mark_delivers_again_after_restart(fresh_database, tmp_path):
     url = fresh_database.url
     assert cli(url, "db", "upgrade").returncode == 0
+    loopback = {"WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}  # where the test's receiver listens
     env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", "NOTIFY_LEASE_SECONDS": "2",
-           "NOTIFY_TIMEOUT_SECONDS": "0.5"}
+           "NOTIFY_TIMEOUT_SECONDS": "0.5", **loopback}
     dispatchers: list[subprocess.Popen] = []
 
     def kill_the_sender(_request):
@@ -39,7 +40,8 @@ def test_a_dispatcher_killed_between_send_and_mark_delivers_again_after_restart(
             dispatchers[0].wait(10)
 
     with Receiver(on_request=kill_the_sender) as receiver:
-        added = cli(url, "webhooks", "add", receiver.url, "--types", "committed")
+        assert cli(url, "webhooks", "add", receiver.url, "--types", "committed").returncode == 1  # refused by default
+        added = cli(url, "webhooks", "add", receiver.url, "--types", "committed", env=loopback)
         assert added.returncode == 0, added.stderr
         assert "secret (shown once): whsec_" in added.stdout
         assert receiver.url in cli(url, "webhooks", "list").stdout

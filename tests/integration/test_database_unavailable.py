@@ -26,7 +26,7 @@ from tests.integration.test_deals import DEAL
 from tests.tcpproxy import TcpProxy
 
 # These answer whatever the database does: no database behind them, or they report its absence.
-NO_DATABASE = {"/healthz", "/metrics", "/healthz/details", "/openapi.json", "/machine", "/docs/", "/docs/<path:path>", "/static/<path:filename>"}
+NO_DATABASE = {"/healthz", "/metrics", "/healthz/details", "/docs", "/openapi.json", "/machine", "/docs/", "/docs/<path:path>", "/static/<path:filename>"}
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def _requests(stream: str) -> list[tuple[str, str, str, dict | None]]:
         ("GET", "/reports/weekly", "reader", None),
         ("POST", "/integrations/deals", "writer", {**DEAL, "deal_id": unique_id("d")}),
         ("GET", "/webhooks", "admin", None),
-        ("POST", "/webhooks", "admin", {"url": "https://hooks.example/x", "types": ["published"]}),
+        ("POST", "/webhooks", "admin", {"url": "https://93.184.215.14/x", "types": ["published"]}),
         ("GET", "/webhooks/1", "admin", None),
         ("DELETE", "/webhooks/1", "admin", None),
         ("GET", "/notifications", "admin", None),

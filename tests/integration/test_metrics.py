@@ -8,7 +8,10 @@ from tests.conftest import auth, settle, unique_id
 from tests.factories import COMMITTED
 
 
-def scrape(client) -> dict[tuple[str, tuple], float]:
+def scrape(client, *, fresh: bool = True) -> dict[tuple[str, tuple], float]:
+    """A scrape's samples; ``fresh``: what the database says now, not what this process read a moment ago."""
+    if fresh:
+        client.application.extensions["casestudies_readings"].forget()
     answer = client.get("/metrics")
     assert answer.status_code == 200 and answer.mimetype == "text/plain"
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value

@@ -55,11 +55,13 @@ class Clock:
         return utcnow() + self.offset
 
 
-def wire(db: Database, slack_url: str | None = None, **delivery):
+def wire(db: Database, slack_url: str | None = None, allowed: tuple[str, ...] = ("127.0.0.0/8",), **delivery):
+    """The services and a dispatcher on ``db``; webhooks may go to the receivers on loopback unless
+    ``allowed`` says otherwise."""
     delivery = {"backoff_seconds": 10, "timeout_seconds": 2, "lease_seconds": 30, **delivery}
     services = build(Settings(database_url=db.url, log_format="json", webhook_cache_seconds=0,
                               public_base_url="https://cs.example.com", slack_webhook_url=slack_url,
-                              notify=DeliverySettings(**delivery)),
+                              webhook_allowed_networks=allowed, notify=DeliverySettings(**delivery)),
                      engine=db.engine)
     clock = Clock()
     sender = dispatcher(services)
@@ -126,7 +128,7 @@ def test_a_failed_delivery_is_retried_with_exponential_back_off(notify_db):
         commit(services)
         sender.run_once()
         first = rows(notify_db)[0]
-        assert (first.status, first.attempts, first.last_status, first.last_error) == ("pending", 1, 500, "HTTP 500: oops")
+        assert (first.status, first.attempts, first.last_status, first.last_error) == ("pending", 1, 500, "HTTP 500 Internal Server Error")
         assert timedelta(seconds=9) < first.next_attempt_at - utcnow() <= timedelta(seconds=10)
         assert sender.run_once() == 0  # not due yet
         clock.offset = timedelta(seconds=11)
@@ -173,7 +175,7 @@ def test_after_the_configured_attempts_a_message_is_dead_and_can_be_retried(noti
         client, admin = keys_for(services)
         listed = client.get("/notifications?status=dead", headers=admin).get_json()
         assert [item["id"] for item in listed["items"]] == [dead.id]
-        assert listed["counts"]["slack"]["dead"] == 1 and listed["items"][0]["last_error"] == "HTTP 500: ok"
+        assert listed["counts"]["slack"]["dead"] == 1 and listed["items"][0]["last_error"] == "HTTP 500 Internal Server Error"
         assert client.get("/notifications?status=pending", headers=admin).get_json()["items"] == []
         retried = client.post(f"/notifications/{dead.id}/retry", headers=admin)
         assert retried.status_code == 200 and retried.get_json()["status"] == "pending"
@@ -360,3 +362,57 @@ def test_a_record_that_becomes_a_candidate_is_announced(notify_db):
         sender.run_once()
         text = slack.received[1].json()["text"]
         assert text.startswith("New case study candidate: *Acme Air*: tickets 50% better, NPS 9")
+
+
+INTERNAL_TARGETS = [
+    "http://127.0.0.1:8080/hook", "http://localhost/hook", "http://169.254.169.254/latest/meta-data/",
+    "http://[::1]/hook", "http://[::ffff:127.0.0.1]/hook", "http://10.1.2.3/hook", "http://172.16.0.9/hook",
+    "http://192.168.1.1/hook", "http://100.64.0.1/hook", "http://0.0.0.0/hook", "http://0x7f000001/hook",
+    "http://2130706433/hook", "http://127.1/hook", "http://[fe80::1]/hook", "http://224.0.0.1/hook",
+]
+
+
+@pytest.mark.parametrize("url", INTERNAL_TARGETS)
+def test_webhooks_to_internal_addresses_are_refused_however_they_are_spelled(notify_db, url, keys_for):
+    services, _, _ = wire(notify_db, allowed=())
+    with pytest.raises(SubscriptionError):
+        services.subscriptions.add(url, ["*"], "s3cret-s3cret-s3cret")
+    client, admin = keys_for(services)
+    refused = client.post("/webhooks", headers=admin, json={"url": url, "types": ["*"]})
+    assert refused.status_code == 422, refused.get_json()
+    assert "internal address" in refused.get_json()["detail"] or "cannot" in refused.get_json()["detail"]
+    assert services.subscriptions.list() == []
+
+
+def test_a_public_address_may_be_subscribed_and_an_allowed_network_too(notify_db):
+    services, _, _ = wire(notify_db, allowed=("10.1.0.0/16",))
+    services.subscriptions.add("https://93.184.215.14/hook", ["*"], "s3cret-s3cret-s3cret")
+    services.subscriptions.add("http://10.1.2.3/hook", ["*"], "s3cret-s3cret-s3cret")
+    with pytest.raises(SubscriptionError):
+        services.subscriptions.add("http://10.2.0.1/hook", ["*"], "s3cret-s3cret-s3cret")
+    assert len(services.subscriptions.list()) == 2
+
+
+def test_a_target_that_became_internal_is_refused_at_delivery_and_never_reached(notify_db):
+    """As after a DNS change (rebinding) or a narrowed allow-list: the address connected to is what counts."""
+    with Receiver() as consumer:
+        services, _, _ = wire(notify_db)  # loopback allowed when subscribing
+        services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
+        _, sender, _ = wire(notify_db, allowed=())  # a dispatcher for which it is not
+        commit(services)
+        assert sender.run_once() == 1
+        (row,) = rows(notify_db)
+        assert row.status == "dead" and "internal address" in row.last_error
+        assert consumer.received == []
+
+
+def test_a_failed_delivery_keeps_the_status_never_the_receiver_s_answer(notify_db, capsys):
+    secret_answer = b"db password is hunter2; internal host db-7.corp"
+    with Receiver(Response(500, body=secret_answer)) as consumer:
+        services, sender, _ = wire(notify_db)
+        services.subscriptions.add(consumer.url, ["committed"], "s3cret-s3cret-s3cret")
+        commit(services)
+        sender.run_once()
+    (row,) = rows(notify_db)
+    assert (row.last_status, row.last_error) == (500, "HTTP 500 Internal Server Error")
+    assert b"hunter2" not in capsys.readouterr().out.encode()

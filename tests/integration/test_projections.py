@@ -302,6 +302,19 @@ def test_the_weekly_report_sums_up_the_review_for_the_fixture(world):
     assert '<h2 id="stuck">Stuck (6 in 6 records)</h2>' in page and "Every one, with its reason" in page
 
 
+def test_stored_html_and_markdown_in_the_weekly_report_stay_text_in_markdown_as_in_html(world):
+    report = get(world, "/reports/weekly", as_of=AS_OF.isoformat()).get_json()
+    hostile = "<script>alert(1)</script> [click](javascript:alert(1)) ![x](http://t.example/p.png) *a*|b"
+    report["stuck"]["by_csm"] = {hostile: {"count": 1}}
+    report["new_candidates"]["items"][0].update(id=hostile, account_name=hostile, csm=hostile, best_metric=hostile)
+    markdown = to_markdown(report)
+    for raw in ("<script>", "](javascript:", "![x](", "*a*", "a|b"):
+        assert raw not in markdown, raw
+    assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in markdown and "\\[click\\]" in markdown
+    page = to_html(report)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
 @pytest.mark.parametrize("path", ["/reports/weekly", "/projections/blockers", "/projections/stuck"])
 def test_a_reference_time_out_of_range_is_400_not_500(world, path):
     _services, client, reader, _writer = world

@@ -84,5 +84,5 @@ def test_the_readme_names_every_setting_with_its_default():
         rows = [line for line in readme.splitlines() if line.startswith(f"| `{variable}` |")]
         if rows and variable != "PUBLIC_BASE_URL":  # its default is PORT's
             shown = rows[0].split("|")[2].strip().strip("`")
-            assert shown == ("unset" if default is None else f"{default:g}" if isinstance(default, float)
+            assert shown == ("unset" if default in (None, ()) else f"{default:g}" if isinstance(default, float)
                              else str(default)), variable
