@@ -1,10 +1,13 @@
 """The production server: gunicorn running ``create_app()`` in each worker."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker as ThreadWorkerBase
+from gunicorn.workers.sync import SyncWorker as SyncWorkerBase
 
 from service.config import Settings
 from service.logs import stdlib_logging_config
@@ -22,6 +25,45 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         return self._load()
+
+
+class _ProblemAnswers:
+    """gunicorn's answers to requests it refuses before the app sees them, as problem+json."""
+
+    def handle_error(self, req, client, addr, exc):
+        from gunicorn.http import errors
+
+        from service.api.problems import PROBLEM_JSON, Problem
+
+        if isinstance(exc, errors.LimitRequestLine):
+            problem = Problem("uri_too_long", f"the request line is longer than {self.cfg.limit_request_line} bytes")
+        elif isinstance(exc, errors.LimitRequestHeaders):
+            problem = Problem("headers_too_large", f"a request header is longer than "
+                              f"{self.cfg.limit_request_field_size} bytes, or there are more than "
+                              f"{self.cfg.limit_request_fields}")
+        elif isinstance(exc, (errors.InvalidRequestLine, errors.InvalidRequestMethod, errors.InvalidHTTPVersion,
+                              errors.InvalidHeader, errors.InvalidHeaderName, errors.ObsoleteFolding,
+                              errors.InvalidChunkSize, errors.ChunkMissingTerminator)):
+            problem = Problem("bad_request", "the request is not well-formed HTTP/1.1")
+        else:
+            return super().handle_error(req, client, addr, exc)
+        self.log.warning("Refused request from ip=%s: %s", (addr or ("",))[0], problem.code)
+        body = json.dumps(problem.document()).encode() + b"\n"
+        head = (f"HTTP/1.1 {problem.status} {problem.title}\r\nConnection: close\r\n"
+                f"Content-Type: {PROBLEM_JSON}\r\nContent-Length: {len(body)}\r\n"
+                "X-Content-Type-Options: nosniff\r\n\r\n").encode("latin-1")
+        try:
+            client.sendall(head + body)
+        except OSError:
+            pass
+
+
+class SyncWorker(_ProblemAnswers, SyncWorkerBase):
+    pass
+
+
+class ThreadWorker(_ProblemAnswers, ThreadWorkerBase):
+    pass
 
 
 def app():
@@ -48,7 +90,8 @@ def serve(host: str, port: int, workers: int, threads: int = 1, timeout: int = 3
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread" if threads > 1 else "sync",
+        "worker_class": "service.wsgi.ThreadWorker" if threads > 1 else "service.wsgi.SyncWorker",
+        "control_socket_disable": True,  # nothing here uses gunicorn's control socket
         "accesslog": None,  # the app logs one structured line per request
         "timeout": timeout,
         "graceful_timeout": 10,

@@ -26,7 +26,7 @@ bp = Blueprint("openapi", __name__)
 OPENAPI_VERSION = "3.1.0"
 UNDOCUMENTED = ("static", "swagger_ui.", "openapi.")  # endpoint prefixes the document leaves out
 JSON, PROBLEM_JSON, CSV = "application/json", "application/problem+json", "text/csv"
-ALWAYS = ("internal_error", "database_unavailable")
+ALWAYS = ("internal_error", "database_unavailable", "uri_too_long", "headers_too_large")
 _RULE_ARGUMENT = re.compile(r"<(?:(\w+):)?(\w+)>")
 PATH_SCHEMAS = {"stream_id": {"type": "string", "pattern": STREAM_ID_PATTERN},
                 "subscription_id": {"type": "integer", "minimum": 1, "maximum": MAX_SUBSCRIPTION_ID},

@@ -25,11 +25,13 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "guard_failed": (409, "Event refused by a guard"),
     "not_dead": (409, "Notification is not dead"),
     "payload_too_large": (413, "Request body too large"),
+    "uri_too_long": (414, "Request line too long"),
     "unsupported_media_type": (415, "Request body is not JSON"),
     "invalid_event": (422, "Invalid event"),
     "invalid_deal": (422, "Invalid deal"),
     "invalid_request": (422, "Invalid request body"),
     "too_many_requests": (429, "Too many costly reads at once"),
+    "headers_too_large": (431, "Request headers too large"),
     "internal_error": (500, "Internal error"),
     "stream_corrupt": (500, "Stored stream cannot be replayed"),
     "database_unavailable": (503, "Database unavailable"),
@@ -49,16 +51,13 @@ class Problem(Exception):
         self.extra = extra
         self.headers: dict[str, str] = {}
 
+    def document(self) -> dict[str, Any]:
+        """The problem+json body."""
+        return {"type": f"/problems/{self.code}", "title": self.title, "status": self.status,
+                "detail": self.detail, "code": self.code, **self.extra}
+
     def response(self) -> Response:
-        body = {
-            "type": f"/problems/{self.code}",
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "code": self.code,
-            **self.extra,
-        }
-        response = Response(json.dumps(body) + "\n", status=self.status, mimetype=PROBLEM_JSON)
+        response = Response(json.dumps(self.document()) + "\n", status=self.status, mimetype=PROBLEM_JSON)
         response.headers.update(self.headers)
         if self.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="casestudies"'

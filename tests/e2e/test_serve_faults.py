@@ -170,3 +170,39 @@ def call_text(base: str, path: str) -> str:
 
     with urllib.request.urlopen(base + path, timeout=10) as response:
         return response.read().decode()
+
+
+def _raw(base: str, request: bytes) -> tuple[int, dict, bytes]:
+    """Send ``request`` as it is; the status, headers and body of the answer."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite"], indirect=True)
+def test_requests_the_server_refuses_before_the_app_are_answered_as_problem_json(served):
+    import json
+
+    cases = [
+        (b"GET /case-studies?x=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+         431, "headers_too_large"),
+        (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    ]
+    for request, status, code in cases:
+        got, headers, body = _raw(served.base, request)
+        assert got == status, body
+        assert headers["Content-Type"] == "application/problem+json"
+        document = json.loads(body)
+        assert document["code"] == code and document["status"] == status and document["title"]
+    assert call(served.base, "GET", "/healthz")[0] == 200

@@ -39,7 +39,7 @@ MAY_IMPORT: dict[str, set[str]] = {
                     "service.audit", "service.intake", "service.projections", "service.notifications",
                     "service.reports", "service.migrations", "service.api", "service.wsgi", "service.logs",
                     "service.times", "service.spreadsheets", "service.supervision", "service.telemetry"},
-    "service.wsgi": {"service", "service.config", "service.logs"},
+    "service.wsgi": {"service", "service.config", "service.logs", "service.api"},
     "service": {"service.api", "service.bootstrap", "service.config", "service.logs"},  # create_app
 }
 
