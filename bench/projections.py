@@ -282,9 +282,8 @@ def _stuck_pages(conn, key: str, as_of: str | None) -> list[str]:
     return paths
 
 
-def _gunicorn_rss(server_pid: int) -> dict[str, float]:
-    """VmHWM (MiB) of the arbiter and of each worker (its children)."""
-    out = {"arbiter": peak_memory(server_pid).get("vmhwm_mib", 0.0)}
+def _children(pid: int) -> list[int]:
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -292,8 +291,21 @@ def _gunicorn_rss(server_pid: int) -> dict[str, float]:
                     stat = f.read()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == server_pid:
-                out[f"worker {entry}"] = peak_memory(entry).get("vmhwm_mib", 0.0)
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _gunicorn_rss(server_pid: int) -> dict[str, float]:
+    """VmHWM (MiB) of every process `casestudies serve` runs: itself (the supervisor), gunicorn's
+    arbiter (its child) and the arbiter's workers."""
+    out = {"serve": peak_memory(server_pid).get("vmhwm_mib", 0.0)}
+    for child in _children(server_pid):
+        grandchildren = _children(child)
+        if grandchildren:  # the arbiter: its children are the workers
+            out["arbiter"] = peak_memory(child).get("vmhwm_mib", 0.0)
+            for worker in grandchildren:
+                out[f"worker {worker}"] = peak_memory(worker).get("vmhwm_mib", 0.0)
     return out
 
 
