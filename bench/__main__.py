@@ -15,7 +15,7 @@ import time
 
 from bench.common import _TICK, RESULTS, ROOT, _busy_ticks, log, pg_admin
 
-PARTS = ("http", "length", "store", "batch", "breakdown", "projections")
+PARTS = ("http", "length", "store", "batch", "breakdown", "projections", "slow")
 
 
 def _background_busy(seconds: float = 1.0) -> float:
@@ -152,6 +152,20 @@ def summary(results: dict) -> str:
             rows.append((f"       {bd['labels'][key].strip()}",
                          f"CPU {us[key]['cpu_us']:.0f} us, wall {us[key]['wall_us']:.0f} us", "", "", ""))
 
+    slow = results.get("slow")
+    if slow and "skipped" not in slow:
+        alone = sum(r["rps"] for r in slow["rounds"]["alone"]) / len(slow["rounds"]["alone"])
+        loaded = sum(r["rps"] for r in slow["rounds"]["with_slow"]) / len(slow["rounds"]["with_slow"])
+        rows.append((f"(f) appends with {slow['stalled']} slow connections open / alone, nginx + serve",
+                     f"{loaded:.0f} vs {alone:.0f} req/s", f"{slow['ratio']:.2f}x", ">= 0.80x",
+                     _yes(slow["ratio"] >= 0.8)))
+        rows.append(("(f) appends' p99 with the slow connections open", f"{slow['p99_ms_with_slow']:.1f} ms", "",
+                      "< 100 ms", _yes(slow["p99_ms_with_slow"] < 100)))
+        bare = slow["bare"]
+        rows.append((f"    no proxy, {bare['stalled']} slow connections (for contrast)",
+                     f"{bare['rps']:.0f} req/s, p99 {bare['latency_us']['p99'] / 1e3:.0f} ms, socket errors "
+                     f"{bare['socket_errors']}", "", "", ""))
+
     proj = results.get("projections")
     if proj:
         n = proj["config"]["records"]
@@ -263,6 +277,10 @@ def main(argv: list[str]) -> None:
         from bench import projections
         log("== (d) projections: rebuild rate and memory, reporting endpoints at scale")
         results["projections"] = projections.run()
+    if "slow" in parts:
+        from bench import slow_clients
+        log("== (f) slow clients against the proxy in front of serve")
+        results["slow"] = slow_clients.run()
     results["elapsed_s"] = time.perf_counter() - t0
     results["code_at_end"] = _code_version()  # a long run can outlive a commit: say so
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "not_acceptable": (406, "Not acceptable"),
+    "request_timeout": (408, "Request not received in time"),  # answered by the proxy (deploy/)
     "version_conflict": (409, "Version conflict"),
     "idempotency_conflict": (409, "Event id already used for another event"),
     "already_exists": (409, "Case study already exists"),
@@ -37,6 +38,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "database_unavailable": (503, "Database unavailable"),
     "not_ready": (503, "Service not ready"),
     "projection_behind": (503, "Projections not there yet"),
+    "service_unavailable": (503, "Service unavailable"),  # answered by the proxy (deploy/) when the API is not
 }
 
 

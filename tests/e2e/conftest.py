@@ -85,3 +85,18 @@ def served(fresh_database, tmp_path):
     assert migrated.returncode == 0, migrated.stderr
     with serving(fresh_database.url, tmp_path) as server:
         yield server
+
+
+@contextmanager
+def nginx_in_front(upstream: str, folder: Path, *, replace: dict[str, str] | None = None) -> Iterator[str]:
+    """The deployment's proxy (bench.proxy) in front of ``upstream`` on a free port; skipped where
+    nginx is not installed, failed in CI."""
+    from bench.proxy import nginx_binary
+    from bench.proxy import nginx_in_front as run
+
+    if nginx_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed (apt-get install nginx)", pytrace=False)
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    with run(upstream, folder, free_port(), replace=replace) as base:
+        yield base
