@@ -15,7 +15,7 @@ import time
 
 from bench.common import _TICK, RESULTS, ROOT, _busy_ticks, log, pg_admin
 
-PARTS = ("http", "length", "store", "batch", "breakdown", "projections", "slow")
+PARTS = ("http", "length", "store", "batch", "breakdown", "projections", "slow", "faults")
 
 
 def _background_busy(seconds: float = 1.0) -> float:
@@ -166,6 +166,14 @@ def summary(results: dict) -> str:
                      f"{bare['rps']:.0f} req/s, p99 {bare['latency_us']['p99'] / 1e3:.0f} ms, socket errors "
                      f"{bare['socket_errors']}", "", "", ""))
 
+    faults = results.get("faults")
+    if faults:
+        rows.append((f"(g) fault suite, {faults['writers']} writers, {faults['seconds']:g} s",
+                     f"{faults['acknowledged']:,} acknowledged, {faults['stored']:,} stored; lost {faults['lost']}, "
+                     f"twice {faults['stored_twice']}, gaps {faults['streams_with_gaps']}", str(faults["statuses"]),
+                     "0 lost / doubled / gaps", _yes(faults["lost"] == faults["stored_twice"] ==
+                                                      faults["streams_with_gaps"] == 0)))
+
     proj = results.get("projections")
     if proj:
         n = proj["config"]["records"]
@@ -281,6 +289,10 @@ def main(argv: list[str]) -> None:
         from bench import slow_clients
         log("== (f) slow clients against the proxy in front of serve")
         results["slow"] = slow_clients.run()
+    if "faults" in parts:
+        from bench import faults
+        log("== (g) the fault suite: workers, PostgreSQL and helpers killed under load")
+        results["faults"] = faults.run()
     results["elapsed_s"] = time.perf_counter() - t0
     results["code_at_end"] = _code_version()  # a long run can outlive a commit: say so
     RESULTS.mkdir(parents=True, exist_ok=True)
