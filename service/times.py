@@ -9,6 +9,9 @@ from datetime import UTC, date, datetime, time
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 1, tzinfo=UTC)
 FORMS = "an ISO-8601 date (2026-11-20) or time (2026-11-20T09:00:00Z)"
+# The years every reading of a moment accepts whatever its offset (EARLIEST and LATEST less a day),
+# as a pattern for documents that describe a moment's text (the OpenAPI document).
+YEARS_PATTERN = r"^(190[1-9]|19[1-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-"
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)

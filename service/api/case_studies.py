@@ -1,6 +1,7 @@
 """Case study records: post events, read the current state, the stream, and the list."""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -37,13 +38,17 @@ def _invalid(field: str, message: str) -> Problem:
     return Problem("invalid_event", f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
+IF_MATCH = r'^(W/)?("[0-9]{1,10}"|[0-9]{1,10})$'  # a version, as an entity tag or bare
+UUID_TEXT = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
 def _expected_version(body_value: int | None) -> int | None:
     header = request.headers.get("If-Match")
     if header is None:
         return body_value
-    raw = header.strip().removeprefix("W/").strip('"')
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
+    if not re.fullmatch(IF_MATCH, header):
         raise _invalid("If-Match", 'must be a version in quotes, e.g. "2"')
+    raw = header.removeprefix("W/").strip('"')
     if body_value is not None and body_value != int(raw):
         raise _invalid("expected_version", "differs from the If-Match header")
     return int(raw)
@@ -54,10 +59,9 @@ def _event_id(body_value) -> str | None:
     body_id = str(body_value) if body_value is not None else None
     if header is None:
         return body_id
-    try:
-        header_id = str(uuid.UUID(header.strip()))
-    except ValueError:
-        raise _invalid("Idempotency-Key", "must be a UUID") from None
+    if not re.fullmatch(UUID_TEXT, header):
+        raise _invalid("Idempotency-Key", "must be a UUID (8-4-4-4-12 hexadecimal digits)")
+    header_id = str(uuid.UUID(header))
     if body_id is not None and body_id != header_id:
         raise _invalid("event_id", "differs from the Idempotency-Key header")
     return header_id
@@ -73,8 +77,14 @@ def _etag(version: int) -> str:
           body=EVENT_BODY,
           errors=("invalid_event", "not_found", "already_exists", "version_conflict", "idempotency_conflict",
                   "transition_not_allowed", "guard_failed", "stream_corrupt"),
-          headers=(("If-Match", 'the expected version, e.g. "2" (or expected_version in the body)'),
-                   ("Idempotency-Key", "the event id, a UUID (one event only; a batch carries event_id on each)")))
+          links={201: {"record": ("case_studies.get_record", {"stream_id": "$request.path.stream_id"}),
+                       "events": ("case_studies.get_events", {"stream_id": "$request.path.stream_id"}),
+                       "approvals": ("audit.approvals", {"stream_id": "$request.path.stream_id"}),
+                       "verify": ("audit.verify", {"stream_id": "$request.path.stream_id"}),
+                       "next_event": ("case_studies.post_event", {"stream_id": "$request.path.stream_id"})}},
+          headers=(("If-Match", 'the expected version, e.g. "2" (or expected_version in the body)', IF_MATCH),
+                   ("Idempotency-Key", "the event id, a UUID (one event only; a batch carries event_id on each)",
+                    UUID_TEXT)))
 @requires(*WRITERS)
 def post_event(stream_id: str):
     """Append one event, or a JSON array of events all or none, to a case study's stream."""

@@ -59,7 +59,7 @@ def to_problem(error: Exception) -> Problem:
         case InvalidEvent():
             return Problem("invalid_event", str(error), errors=error.errors)
         case NotJson():
-            return Problem("unsupported_media_type", f"the body is not valid JSON: {error}")
+            return Problem("malformed_json", f"the body is not valid JSON: {error}")
         case ProjectionBehind():
             problem = Problem("projection_behind", f"{error}; try again in a moment",
                               min_position=error.position, projection=error.reached.to_dict())

@@ -1,7 +1,7 @@
 """Integrations: closed deals from CRM workflow tools, outgoing webhooks, and the outbox behind them."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from flask import Blueprint, g, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -12,11 +12,12 @@ from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.api.problems import Problem
+from service.domain import EVENT_TYPES
 from service.events.schemas import Url
 from service.intake import deals
 from service.links import record_path
 from service.notifications.outbox import DESTINATIONS, STATUSES
-from service.notifications.subscriptions import SubscriptionError
+from service.notifications.subscriptions import ALL_TYPES, SubscriptionError
 from service.times import utcnow
 
 bp = Blueprint("integrations", __name__)
@@ -25,7 +26,9 @@ bp = Blueprint("integrations", __name__)
 @bp.post("/integrations/deals")
 @describe(responses={201: Body(doc.DealDecision, description="created"),
                      200: Body(doc.DealDecision, description="created before, or not created (see decision)")},
-          body=deals.Deal, errors=("invalid_deal", "already_exists"))
+          body=deals.Deal, errors=("invalid_deal", "already_exists"),
+          links={201: {"record": ("case_studies.get_record", {"stream_id": "$response.body#/id"}),
+                       "events": ("case_studies.post_event", {"stream_id": "$response.body#/id"})}})
 @requires(*WRITERS)
 def post_deal():
     """Take a closed deal: an accepted commitment creates its case study once; others store nothing."""
@@ -40,12 +43,15 @@ def post_deal():
 
 
 # -- outgoing webhooks ---------------------------------------------------------------------------
+SUBSCRIBABLE = (ALL_TYPES, *EVENT_TYPES)  # what a subscription may ask for
+
+
 class WebhookRequest(BaseModel):
     """A subscription: where to deliver, which event types (or ``*``), and optionally its secret."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     url: Url
-    types: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(min_length=1, max_length=20)]
+    types: Annotated[list[Literal[SUBSCRIBABLE]], Field(min_length=1, max_length=20)]  # type: ignore[valid-type]
     secret: Annotated[str, StringConstraints(min_length=16, max_length=200)] | None = None
 
 
@@ -60,7 +66,9 @@ def list_webhooks(include_removed):
 
 
 @bp.post("/webhooks")
-@describe(responses={201: doc.NewWebhookSubscription}, body=WebhookRequest, errors=("invalid_request",))
+@describe(responses={201: doc.NewWebhookSubscription}, body=WebhookRequest, errors=("invalid_request",),
+          links={201: {"subscription": ("integrations.get_webhook", {"subscription_id": "$response.body#/id"}),
+                       "remove": ("integrations.remove_webhook", {"subscription_id": "$response.body#/id"})}})
 @requires(*ADMINS)
 def add_webhook():
     """Subscribe a URL to event types; the secret is shown in this answer only."""

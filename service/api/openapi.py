@@ -41,14 +41,17 @@ class Body:
 
 
 def describe(*, responses: dict[int, Any], body: Any = None, body_media_type: str = JSON,
-             errors: Iterable[str] = (), headers: Iterable[tuple[str, str]] = (), csv: bool = False,
-             tag: str | None = None) -> Callable:
+             errors: Iterable[str] = (), headers: Iterable[tuple] = (), csv: bool = False,
+             tag: str | None = None, links: dict[int, dict[str, tuple[str, dict[str, str]]]] | None = None) -> Callable:
     """Say what a view answers (status -> model, Body or None for no content), the request body it
-    validates, the error codes it may give beyond the usual ones, and request headers it reads."""
+    validates, the error codes it may give beyond the usual ones, request headers it reads
+    (name, description and optionally a pattern), and OpenAPI links from an answer to the
+    operations it leads to (status -> name -> (endpoint, parameters as runtime expressions))."""
 
     def decorate(view: Callable) -> Callable:
         view.openapi = {"responses": responses, "body": body, "body_media_type": body_media_type,
-                        "errors": tuple(errors), "headers": tuple(headers), "csv": csv, "tag": tag}
+                        "errors": tuple(errors), "headers": tuple(headers), "csv": csv, "tag": tag,
+                        "links": links or {}}
         return view
 
     return decorate
@@ -110,8 +113,9 @@ def _parameters(rule, view: Callable) -> list[dict]:
         schema = PATH_SCHEMAS.get(name, {"type": "integer"} if converter == "int" else {"type": "string"})
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
     parameters += [query.openapi() for query in getattr(view, "query_params", ())]
-    parameters += [{"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
-                   for name, text in view.openapi["headers"]]
+    parameters += [{"name": name, "in": "header", "required": False, "description": text,
+                    "schema": {"type": "string", **({"pattern": pattern[0]} if pattern else {})}}
+                   for name, text, *pattern in view.openapi["headers"]]
     return parameters
 
 
@@ -126,7 +130,7 @@ def _error_codes(view: Callable) -> list[str]:
     if getattr(view, "costly", False):
         codes.append("too_many_requests")
     if meta["body"] is not None:
-        codes += ["payload_too_large", "unsupported_media_type"]
+        codes += ["payload_too_large", "unsupported_media_type", "malformed_json"]
     return list(dict.fromkeys(codes + list(ALWAYS)))
 
 
@@ -142,6 +146,10 @@ def _answers(meta: dict, schemas: _Schemas) -> dict[str, Any]:
         if meta["csv"] and status == 200:
             content[CSV] = {"schema": {"type": "string"}}
         responses[str(status)] = {"description": answers[0].description or _status_text(status), "content": content}
+        if meta["links"].get(status):
+            responses[str(status)]["links"] = {
+                name: {"operationId": endpoint, "parameters": parameters}
+                for name, (endpoint, parameters) in meta["links"][status].items()}
     return responses
 
 

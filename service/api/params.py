@@ -15,7 +15,7 @@ from service.api.problems import Problem
 from service.domain import EVENT_TYPES
 from service.events.schemas import error_list
 from service.spreadsheets import write_csv
-from service.times import EARLIEST, FORMS, LATEST, parse_moment
+from service.times import EARLIEST, FORMS, LATEST, YEARS_PATTERN, parse_moment
 
 M = TypeVar("M")
 MAX_BODY_BYTES = 64 * 1024  # a request body's limit, refused with 413 before it is parsed
@@ -143,8 +143,9 @@ class AsOf(Query):
     def schema(self) -> dict:
         day = "its start" if self.date_is_start else "its end"
         return {"type": "string", "examples": ["2026-11-20", "2026-11-20T09:00:00Z"],
+                "anyOf": [{"format": "date"}, {"format": "date-time"}], "pattern": YEARS_PATTERN,
                 "description": f"ISO-8601 time (no offset: UTC) or date ({day}, UTC), years "
-                               f"{EARLIEST.year} to {LATEST.year}"}
+                               f"{EARLIEST.year + 1} to {LATEST.year - 1}"}
 
 
 class Number(Query):
@@ -180,7 +181,7 @@ class Text(Query):
         return text(self.name, self.max_length)
 
     def schema(self) -> dict:
-        return {"type": "string", "maxLength": self.max_length, "pattern": r"^[^\x00-\x1f\x7f]*$"}
+        return {"type": "string", "minLength": 1, "maxLength": self.max_length, "pattern": r"^[^\x00-\x1f\x7f]+$"}
 
 
 class EventTypes(Query):
@@ -213,11 +214,16 @@ MIN_POSITION = Number("min_position", "answer only once the projections have rea
 
 def accepts(*queries: Query) -> Callable:
     """Declare the query parameters a view takes; each is parsed (400 ``invalid_parameter`` when
-    malformed) and passed to the view by its ``arg`` name, and the OpenAPI document lists them."""
+    malformed or given empty, as in ``?limit=``) and passed to the view by its ``arg`` name, and the
+    OpenAPI document lists them."""
 
     def decorate(view: Callable) -> Callable:
         @wraps(view)
         def parsed(*args, **kwargs):
+            for query in queries:
+                if "" in request.args.getlist(query.name):
+                    raise Problem("invalid_parameter", f"{query.name} is empty: leave it out, or give it a value",
+                                  parameter=query.name)
             return view(*args, **kwargs, **{query.arg: query.parse() for query in queries})
 
         parsed.query_params = queries

@@ -10,6 +10,7 @@ PROBLEM_JSON = "application/problem+json"
 # Every problem code: the HTTP status it is answered with, and its title. The one place either is said.
 PROBLEMS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "Bad request"),
+    "malformed_json": (400, "Request body is not valid JSON"),
     "invalid_parameter": (400, "Invalid query parameter"),
     "unknown_position": (400, "Not a position of the feed"),
     "position_not_readable": (400, "Position not readable yet"),

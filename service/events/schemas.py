@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -38,6 +39,15 @@ Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254,
 Ident = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:/-]{1,128}$")]
 Role = Literal[APPROVER_ROLES]  # type: ignore[valid-type]
 # Bounded so that every value survives both databases' JSON exactly (integers below 2**53).
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer, which the schemas promise: 9.0 is the integer 9 (a number without a
+    fraction), stored as 9."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
 METRIC_LIMIT = 1e15
 Number = Annotated[float, Field(allow_inf_nan=False, ge=-METRIC_LIMIT, le=METRIC_LIMIT)]
 
@@ -134,7 +144,7 @@ class QuoteAddedData(_Data):
 
 
 class NpsRecordedData(_Data):
-    score: Annotated[int, Field(ge=0, le=10)]
+    score: Annotated[Whole, Field(ge=0, le=10)]
     respondent: Name | None = None
 
 
@@ -143,7 +153,7 @@ class SharedWithChampionData(_Data):
 
 
 class ViewsReportedData(_Data):
-    views: Annotated[int, Field(ge=0, le=2**53 - 1)]  # every stored number has an exact JSON form
+    views: Annotated[Whole, Field(ge=0, le=2**53 - 1)]  # every stored number has an exact JSON form
 
 
 DATA_SCHEMAS: dict[str, type[_Data]] = {
@@ -170,7 +180,7 @@ class _Envelope(BaseModel):
     """Fields every event request may carry besides its type and data."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    expected_version: Annotated[int, Field(ge=0)] | None = None
+    expected_version: Annotated[Whole, Field(ge=0)] | None = None
     event_id: uuid.UUID | None = None
     occurred_at: AwareDatetime | None = None
     correlation_id: Ident | None = None

@@ -99,9 +99,11 @@ class InvalidDeal(InvalidEvent):
 class Deal(BaseModel):
     """A closed deal as a CRM workflow or export gives it (see the README for each field)."""
 
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True)
+    # Both required (and so marked in the JSON Schema); checked in parse_deal, so that a blank one
+    # is reported as missing.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True,
+                              json_schema_extra={"required": ["deal_id", "case_study_commitment"]})
 
-    # Both required; checked in parse_deal, so that a blank one is reported as missing.
     deal_id: Annotated[Name | None, BeforeValidator(_deal_id)] = None
     case_study_commitment: Annotated[Literal[COMMITMENTS] | None,  # type: ignore[valid-type]
                                      BeforeValidator(as_token)] = None

@@ -260,14 +260,25 @@ def test_a_body_over_64_kib_is_413_and_is_not_parsed(client, keys):
     problem(answer, 413, "payload_too_large")
 
 
-def test_a_body_that_is_not_json_is_415(client, keys):
+def test_a_body_not_sent_as_json_is_415_and_malformed_json_is_400(client, keys):
     stream = make(client, keys["writer"], "not_started")
     problem(client.post(f"/case-studies/{stream}/events", data="type=started",
                         headers={**auth(keys["writer"]), "Content-Type": "application/x-www-form-urlencoded"}),
             415, "unsupported_media_type")
     problem(client.post(f"/case-studies/{stream}/events", data="{not json",
                         headers={**auth(keys["writer"]), "Content-Type": "application/json"}),
-            415, "unsupported_media_type")
+            400, "malformed_json")
+
+
+def test_an_integer_sent_as_a_number_without_a_fraction_is_that_integer(client, keys):
+    stream = make(client, keys["writer"], "not_started")
+    answer = post(client, keys["writer"], stream, {"type": "nps_recorded", "data": {"score": 9.0},
+                                                   "expected_version": 1.0})
+    assert answer.status_code == 201, answer.get_json()
+    events = client.get(f"/case-studies/{stream}/events", headers=auth(keys["auditor"])).get_json()["events"]
+    assert events[-1]["data"]["score"] == 9 and isinstance(events[-1]["data"]["score"], int)
+    problem(post(client, keys["writer"], stream, {"type": "nps_recorded", "data": {"score": 9.5}}),
+            422, "invalid_event")
 
 
 def test_refused_writes_store_nothing(client, keys):

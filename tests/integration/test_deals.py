@@ -140,7 +140,7 @@ def test_deal_intake_needs_a_writer_and_json(client, keys):
     problem(client.post("/integrations/deals", data="deal_id=1", headers={
         **auth(keys["writer"]), "Content-Type": "application/x-www-form-urlencoded"}), 415, "unsupported_media_type")
     problem(client.post("/integrations/deals", data="{nope", headers={
-        **auth(keys["writer"]), "Content-Type": "application/json"}), 415, "unsupported_media_type")
+        **auth(keys["writer"]), "Content-Type": "application/json"}), 400, "malformed_json")
 
 
 def test_a_record_made_by_hand_under_a_deal_s_id_is_not_taken_for_that_deal(client, keys):

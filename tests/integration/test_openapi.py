@@ -12,8 +12,10 @@ import threading
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -27,7 +29,8 @@ from tests.conftest import BACKENDS, migrated_database
 from tests.factories import COMMITTED
 
 MAX_EXAMPLES = 15
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          negative_data_rejection]  # a request the document forbids (an empty value, a wrong type) is refused
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -53,7 +56,8 @@ def api_schema(live_app):
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     schema.config.update(headers={"Authorization": f"Bearer {key}"})
     schema.config.seed = 20261201
-    schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
+    schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none",
+                                    modes=list(GenerationMode))  # requests the document allows, and ones it forbids
     return schema
 
 
@@ -86,3 +90,38 @@ def test_every_endpoint_is_in_the_document_with_its_roles_and_errors(live_app):
     assert document["paths"]["/healthz"]["get"]["security"] == []
     assert document["paths"]["/integrations/deals"]["post"]["requestBody"]["content"]["application/json"][
         "schema"] == {"$ref": "#/components/schemas/Deal"}
+
+
+def test_every_link_leads_to_an_operation_of_the_document(live_app):
+    app, _ = live_app
+    document = app.test_client().get("/openapi.json").get_json()
+    operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
+    links = [link for path in document["paths"].values() for op in path.values()
+             for answer in op["responses"].values() for link in answer.get("links", {}).values()]
+    assert len(links) >= 9 and {link["operationId"] for link in links} <= operations
+
+
+def test_the_stateful_phase_follows_the_links_between_operations(api_schema, live_app):
+    """Schemathesis chains operations along the document's links (append, then read the record, its
+    events, approvals and chain; a deal, then its record; a subscription, then read and remove it),
+    with the same checks as above on every answer."""
+    from hypothesis import HealthCheck
+    from hypothesis import settings as hypothesis_settings
+
+    machine = api_schema.as_state_machine()
+    followed: list[str] = []
+    original = machine.step
+
+    def counting_step(self, input, *args, **kwargs):
+        if getattr(input, "transition", None) is not None:
+            followed.append(input.transition.id)
+        return original(self, input, *args, **kwargs)
+
+    def checked(self, response, case, additional_checks=None, **kwargs):
+        case.validate_response(response, checks=CHECKS, recorder=self.recorder)
+
+    machine.step = counting_step
+    machine.validate_response = checked
+    machine.run(settings=hypothesis_settings(max_examples=40, stateful_step_count=6, deadline=None, derandomize=True,
+                                             database=None, suppress_health_check=list(HealthCheck)))
+    assert len(set(followed)) >= 3, f"too few links between operations were followed: {sorted(set(followed))}"
