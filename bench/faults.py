@@ -19,6 +19,7 @@ asserts the accounting.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pwd
@@ -130,7 +131,7 @@ class Writers:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, None
-        except OSError:
+        except (OSError, http.client.HTTPException):  # no answer, or one cut short (a worker killed mid-answer)
             return None, None
 
     def _write(self, stream: str) -> None:

@@ -62,9 +62,8 @@ class Dawdlers:
                     sock.settimeout(4.0)
                     while not self.stop.is_set():
                         try:
-                            if not sock.recv(4096):
-                                break
-                            break  # an answer (408): the proxy is done with this one
+                            sock.recv(4096)  # returns once the proxy has closed the connection
+                            break
                         except TimeoutError:
                             if index % 2:
                                 sock.sendall(b"X-Slow: 1\r\n")

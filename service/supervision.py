@@ -105,7 +105,8 @@ class Supervisor:
 
     def _start(self, name: str) -> None:
         state = self.children[name]
-        state.process = subprocess.Popen(state.command, preexec_fn=_die_with_parent)
+        parent = os.getpid()
+        state.process = subprocess.Popen(state.command, preexec_fn=lambda: _die_with_parent(parent))
         state.pid, state.running = state.process.pid, True
         state.started_at, state.next_start_at = utcnow().isoformat(), None
         state.started_monotonic = time.monotonic()
@@ -161,13 +162,16 @@ class Supervisor:
         log.info("helpers_stopped", helpers=list(self.children))
 
 
-def _die_with_parent() -> None:
-    """In a new child, before it runs its program: SIGTERM it when its parent dies (Linux only)."""
+def _die_with_parent(parent: int) -> None:
+    """In a new child, before it runs its program: SIGTERM it when its parent dies (Linux only),
+    and stop at once if the parent died before that was set."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def helpers_status() -> dict[str, dict[str, Any]] | None:

@@ -74,6 +74,8 @@ def to_problem(error: Exception) -> Problem:
             log.error("stream_corrupt", detail=str(error))
             return Problem("stream_corrupt", "a stored stream could not be replayed; "
                            "an operator has been told", request_id=_request_id())
+        case _ if _malformed_http(error):
+            return Problem("bad_request", "the request body is not well-formed HTTP/1.1 (its chunked framing)")
         case _ if unavailable(error):
             log.error("database_unavailable", error=unavailable_reason(error))
             problem = Problem("database_unavailable", "the database cannot answer now; try again in a moment")
@@ -92,6 +94,15 @@ def to_problem(error: Exception) -> Problem:
     log.exception("unhandled_error")
     return Problem("internal_error", "something went wrong on our side; the request id "
                    "identifies it in our logs", request_id=_request_id())
+
+
+def _malformed_http(error: Exception) -> bool:
+    """A body the server could not read as HTTP (gunicorn raises it while the app reads the body)."""
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # served by something else
+        return False
+    return isinstance(error, ParseException)
 
 
 def _request_id() -> str | None:

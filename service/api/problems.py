@@ -19,7 +19,6 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "not_acceptable": (406, "Not acceptable"),
-    "request_timeout": (408, "Request not received in time"),  # answered by the proxy (deploy/)
     "version_conflict": (409, "Version conflict"),
     "idempotency_conflict": (409, "Event id already used for another event"),
     "already_exists": (409, "Case study already exists"),

@@ -19,11 +19,14 @@ import orjson
 import psycopg
 from psycopg.types.json import set_json_loads
 from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.engine import make_url
 
 from service.events.db import transaction
 from service.events.errors import LostRace, translated
 from service.events.event import Decided
 from service.events.tables import STATE_COLUMNS
+
+CONNECT_TIMEOUT = 5  # seconds: a database host that drops packets is "unavailable" well before a worker's timeout
 
 
 def make_postgres_engine(url: str, *, pool_size: int = 5, statement_timeout: float = 0) -> Engine:
@@ -31,11 +34,13 @@ def make_postgres_engine(url: str, *, pool_size: int = 5, statement_timeout: flo
     and BEGIN/COMMIT would add two round trips to each. Work that needs a transaction asks for
     one with ``db.transaction``. ``statement_timeout`` (seconds, 0: none) bounds every statement,
     for engines that serve requests."""
-    timeout = {"options": f"-c statement_timeout={round(statement_timeout * 1000)}"} if statement_timeout else {}
-    # pool_pre_ping: a pooled connection the server dropped (it restarted while we were idle) is
-    # found and replaced before use, so a restart nobody saw costs no request an error.
+    query = make_url(url).query  # an operator's own connect_timeout and options are kept
+    connect_args: dict = {"connect_timeout": query.get("connect_timeout", CONNECT_TIMEOUT)}
+    if statement_timeout:
+        given = query.get("options", "")
+        connect_args["options"] = f"{given} -c statement_timeout={round(statement_timeout * 1000)}".strip()
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, isolation_level="AUTOCOMMIT",
-                           pool_pre_ping=True, connect_args=timeout,
+                           pool_pre_ping=True, connect_args=connect_args,
                            json_serializer=_orjson_text, json_deserializer=orjson.loads)
 
     @event.listens_for(engine, "connect")
@@ -136,9 +141,11 @@ class PostgresWriter:
             yield _PostgresSession(pooled.driver_connection, self.statements, locking=False)
         except psycopg.OperationalError:
             # A lost connection usually means the server restarted: drop this one and every
-            # pooled one, so that the next requests do not each find a dead connection.
-            pooled.invalidate()
-            self.engine.dispose()
+            # pooled one, so that the next requests do not each find a dead connection. (A
+            # statement timeout or a serialization failure leaves the connection sound.)
+            if pooled.driver_connection.broken or pooled.driver_connection.closed:
+                pooled.invalidate()
+                self.engine.dispose()
             raise
         finally:
             pooled.close()

@@ -23,6 +23,12 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# IPv6 ranges that carry an IPv4 address a gateway may turn back into IPv4 (so 64:ff9b::7f00:1
+# can reach 127.0.0.1): refused unless WEBHOOK_ALLOWED_NETWORKS names them.
+_CARRIES_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16",
+                                                         "2001::/32", "::/96"))
+
+
 class TargetRefused(Exception):
     """The receiver's address is not one webhooks may be delivered to."""
 
@@ -43,10 +49,13 @@ class Targets:
         self.allowed = tuple(allowed)
 
     def _internal(self, address: Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allowed):
             return False
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return self._internal(address.ipv4_mapped)
+            if any(address in network for network in _CARRIES_IPV4):
+                return True  # an IPv4 address inside (NAT64, 6to4, Teredo, IPv4-compatible): not judged here
         return not address.is_global or address.is_multicast
 
     def resolve(self, host: str, port: int) -> list[str]:

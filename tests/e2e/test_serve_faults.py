@@ -206,3 +206,8 @@ def test_requests_the_server_refuses_before_the_app_are_answered_as_problem_json
         document = json.loads(body)
         assert document["code"] == code and document["status"] == status and document["title"]
     assert call(served.base, "GET", "/healthz")[0] == 200
+    key = cli(served.url, "keys", "create", "--role", "admin", "--name", "ops").stdout.strip()
+    chunked = (b"POST /webhooks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+               + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    got, headers, body = _raw(served.base, chunked)  # the framing fails while the app reads the body
+    assert (got, headers["Content-Type"], json.loads(body)["code"]) == (400, "application/problem+json", "bad_request")

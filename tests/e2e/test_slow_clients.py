@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.e2e.conftest import call, cli, nginx_in_front, serving
+from tests.e2e.test_serve_faults import _raw
 from tests.factories import COMMITTED
 
 STALLED = 200
@@ -33,7 +34,7 @@ def dawdle(port: int, kind: str, stop: threading.Event, closed: list) -> None:
             sock.settimeout(1.0)
             while not stop.is_set():
                 try:
-                    sock.recv(4096)  # an answer (408) or the end: either way the server is done with it
+                    sock.recv(4096)  # the end (nginx closes a timed-out request without an answer)
                     closed.append(kind)
                     return
                 except TimeoutError:
@@ -100,6 +101,11 @@ def test_what_the_proxy_refuses_is_problem_json(fresh_database, tmp_path):
             assert (status, body["code"]) == (401, "unauthorized")
             status, _, body = call(base, "GET", "/healthz")
             assert status == 200
+            got, headers, raw = _raw(base, b"GET /?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (got, headers["Content-Type"], json.loads(raw)["code"]) == (414, "application/problem+json",
+                                                                               "uri_too_long")
+            got, headers, raw = _raw(base, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n")
+            assert (got, json.loads(raw)["code"]) == (431, "headers_too_large")
         # the API gone: the proxy answers 503 with Retry-After, as problem+json
         with nginx_in_front("127.0.0.1:9", tmp_path / "nginx") as base:
             status, headers, body = call(base, "GET", "/healthz")
@@ -114,7 +120,7 @@ def test_the_proxy_s_problems_are_the_api_s_own():
     from service.api.problems import PROBLEMS
 
     bodies = re.findall(r"return (\d{3}) '(\{.*\})\\n';", NGINX_TEMPLATE.read_text())
-    assert len(bodies) == 5
+    assert len(bodies) == 4
     for status, text in bodies:
         document = json.loads(text)
         assert PROBLEMS[document["code"]] == (int(status), document["title"]) == (document["status"], document["title"])

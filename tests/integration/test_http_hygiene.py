@@ -80,10 +80,13 @@ def test_the_slots_live_in_the_server_s_run_folder(monkeypatch, tmp_path):
 
 
 def test_a_statement_past_the_timeout_is_cancelled_on_postgresql(postgres_database):
-    engine = make_engine(postgres_database.url, statement_timeout=0.05)
+    own = "?options=-c%20search_path%3Dpg_catalog,public&connect_timeout=7"  # an operator's own settings stay
+    engine = make_engine(postgres_database.url + own, statement_timeout=0.05)
     try:
         with engine.connect() as conn:
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "50ms"
+            assert conn.execute(text("SHOW search_path")).scalar_one() == "pg_catalog,public"
+            assert conn.connection.driver_connection.info.get_parameters()["connect_timeout"] == "7"
             with pytest.raises(Exception) as raised:
                 conn.execute(text("SELECT pg_sleep(1)"))
         from service.api.errors import to_problem

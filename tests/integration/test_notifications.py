@@ -369,6 +369,8 @@ INTERNAL_TARGETS = [
     "http://[::1]/hook", "http://[::ffff:127.0.0.1]/hook", "http://10.1.2.3/hook", "http://172.16.0.9/hook",
     "http://192.168.1.1/hook", "http://100.64.0.1/hook", "http://0.0.0.0/hook", "http://0x7f000001/hook",
     "http://2130706433/hook", "http://127.1/hook", "http://[fe80::1]/hook", "http://224.0.0.1/hook",
+    "http://[64:ff9b::7f00:1]/hook", "http://[2002:7f00:1::]/hook", "http://[::7f00:1]/hook",
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
 ]
 
 
