@@ -167,7 +167,7 @@ def summary(results: dict) -> str:
                      f"{bare['socket_errors']}", "", "", ""))
 
     faults = results.get("faults")
-    if faults:
+    if faults and "skipped" not in faults:
         rows.append((f"(g) fault suite, {faults['writers']} writers, {faults['seconds']:g} s",
                      f"{faults['acknowledged']:,} acknowledged, {faults['stored']:,} stored; lost {faults['lost']}, "
                      f"twice {faults['stored_twice']}, gaps {faults['streams_with_gaps']}", str(faults["statuses"]),

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.common import env_float, env_int, log
-from bench.proxy import nginx_in_front
+from bench.proxy import nginx_binary, nginx_in_front
 from bench.slow_clients import Dawdlers
 
 QUOTE = {"text": "It made onboarding twice as fast.", "speaker": "Jo"}
@@ -219,6 +219,9 @@ def _served(url: str, folder: Path, port: int) -> Iterator[subprocess.Popen]:
 
 
 def run(seconds: float | None = None, writers: int | None = None) -> dict:
+    if nginx_binary() is None:
+        log("nginx is not installed (apt-get install -y nginx); skipping the fault suite")
+        return {"skipped": "nginx is not installed"}
     seconds = seconds or env_float("BENCH_FAULTS_SECONDS", 40)
     writers = writers or env_int("BENCH_FAULTS_WRITERS", 16)
     casestudies = str(Path(sys.executable).with_name("casestudies"))
