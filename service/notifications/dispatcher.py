@@ -44,7 +44,7 @@ from service.notifications.messages import records_stuck_message
 from service.notifications.outbox import MESSAGE_COLUMNS, Message, message
 from service.notifications.subscriptions import Subscriptions
 from service.notifications.tables import outbox, stuck_announcements
-from service.notifications.targets import TargetRefused, guarded_transport
+from service.notifications.targets import TargetRefused, TargetUnresolved, guarded_transport
 from service.projections.queries import Projections, StuckItem
 from service.times import utcnow
 
@@ -190,6 +190,8 @@ class Dispatcher:
     def _post(self, client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
         try:
             response = client.post(url, content=body, headers=headers)
+        except TargetUnresolved as unresolved:  # DNS may answer later: an attempt like any failed one
+            return Attempt(False, None, str(unresolved))
         except TargetRefused as refused:
             return Attempt(False, None, str(refused), final=True)
         except httpx.TimeoutException:

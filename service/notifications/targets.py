@@ -33,6 +33,10 @@ class TargetRefused(Exception):
     """The receiver's address is not one webhooks may be delivered to."""
 
 
+class TargetUnresolved(TargetRefused):
+    """The receiver's host name does not resolve (now: it may later)."""
+
+
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
     """``WEBHOOK_ALLOWED_NETWORKS`` entries (``10.0.0.0/8``, ``127.0.0.1``, ``::1``) as networks."""
     networks = []
@@ -63,7 +67,7 @@ class Targets:
         try:
             found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
-            raise TargetRefused(f"the host {host!r} cannot be resolved") from None
+            raise TargetUnresolved(f"the host {host!r} cannot be resolved") from None
         addresses = list(dict.fromkeys(info[4][0] for info in found))
         internal = [a for a in addresses if self._internal(ipaddress.ip_address(a.split("%")[0]))]
         if internal or not addresses:

@@ -418,3 +418,14 @@ def test_a_failed_delivery_keeps_the_status_never_the_receiver_s_answer(notify_d
     (row,) = rows(notify_db)
     assert (row.last_status, row.last_error) == (500, "HTTP 500 Internal Server Error")
     assert b"hunter2" not in capsys.readouterr().out.encode()
+
+
+def test_a_receiver_whose_name_does_not_resolve_at_delivery_is_tried_again_later(notify_db):
+    services, sender, clock = wire(notify_db, allowed=("10.9.0.0/16",))
+    services.subscriptions.add("http://10.9.0.1/hook", ["committed"], "s3cret-s3cret-s3cret")
+    with notify_db.engine.begin() as conn:  # as if its name stopped resolving after it was added
+        conn.execute(webhook_subscriptions.update().values(url="http://no-such-host.invalid/hook"))
+    commit(services)
+    assert sender.run_once() == 1
+    (row,) = rows(notify_db)
+    assert (row.status, row.attempts) == ("pending", 1) and "cannot be resolved" in row.last_error
