@@ -6,6 +6,7 @@ bench/results/latest.json.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -15,7 +16,18 @@ import time
 
 from bench.common import _TICK, RESULTS, ROOT, _busy_ticks, log, pg_admin
 
-PARTS = ("http", "length", "store", "batch", "breakdown", "projections", "slow", "faults")
+# Each part: its module (whose run() gives its results) and its heading, in the order they run.
+RUNS = {
+    "http": ("http_append", "(a) HTTP append vs bare Flask + psycopg"),
+    "length": ("stream_length", "(b) append latency vs stream length"),
+    "store": ("store_throughput", "(c) store throughput"),
+    "batch": ("batch_append", "(e) batched appends: 10 events per append vs 1"),
+    "breakdown": ("breakdown", "diagnostic: CPU per step of one append request"),
+    "projections": ("projections", "(d) projections: rebuild rate and memory, reporting endpoints at scale"),
+    "slow": ("slow_clients", "(f) slow clients against the proxy in front of serve"),
+    "faults": ("faults", "(g) the fault suite: workers, PostgreSQL and helpers killed under load"),
+}
+PARTS = tuple(RUNS)
 
 
 def _background_busy(seconds: float = 1.0) -> float:
@@ -261,38 +273,10 @@ def main(argv: list[str]) -> None:
     results["background_busy_pct"] = _background_busy()
     log(f"background CPU busy: {results['background_busy_pct']:.0f}%")
     t0 = time.perf_counter()
-    if "http" in parts:
-        from bench import http_append
-        log("== (a) HTTP append vs bare Flask + psycopg")
-        results["http"] = http_append.run()
-    if "length" in parts:
-        from bench import stream_length
-        log("== (b) append latency vs stream length")
-        results["length"] = stream_length.run()
-    if "store" in parts:
-        from bench import store_throughput
-        log("== (c) store throughput")
-        results["store"] = store_throughput.run()
-    if "batch" in parts:
-        from bench import batch_append
-        log("== (e) batched appends: 10 events per append vs 1")
-        results["batch"] = batch_append.run()
-    if "breakdown" in parts:
-        from bench import breakdown
-        log("== diagnostic: CPU per step of one append request")
-        results["breakdown"] = breakdown.run()
-    if "projections" in parts:
-        from bench import projections
-        log("== (d) projections: rebuild rate and memory, reporting endpoints at scale")
-        results["projections"] = projections.run()
-    if "slow" in parts:
-        from bench import slow_clients
-        log("== (f) slow clients against the proxy in front of serve")
-        results["slow"] = slow_clients.run()
-    if "faults" in parts:
-        from bench import faults
-        log("== (g) the fault suite: workers, PostgreSQL and helpers killed under load")
-        results["faults"] = faults.run()
+    for part in (part for part in PARTS if part in parts):  # in their own order, whatever argv's
+        module, title = RUNS[part]
+        log(f"== {title}")
+        results[part] = importlib.import_module(f"bench.{module}").run()
     results["elapsed_s"] = time.perf_counter() - t0
     results["code_at_end"] = _code_version()  # a long run can outlive a commit: say so
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,10 @@ import contextlib
 import os
 import re
 import resource
+import socket
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -139,6 +141,42 @@ def _proc_table() -> dict[int, tuple[int, int, str]]:
         fields = stat[stat.rindex(")") + 2:].split()
         table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), cmdline)
     return table
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` and their command lines (a zombie has none: left out)."""
+    return {child: cmdline for child, (ppid, _ticks, cmdline) in _proc_table().items() if ppid == pid and cmdline}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Crowd:
+    """``count`` threads, each running ``self._one(index)`` until ``self.stop`` is set: started when
+    the block is entered, stopped and joined (``join_seconds`` each) when it ends."""
+
+    join_seconds = 10.0
+
+    def __init__(self, count: int):
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._one, args=(i,), daemon=True) for i in range(count)]
+
+    def _one(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(self.join_seconds)
 
 
 def _busy_ticks() -> int:

@@ -25,7 +25,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,19 +38,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench.common import env_float, env_int, log
+from bench.common import COMMITTED, QUOTE, Crowd, children, env_float, env_int, free_port, log
 from bench.proxy import nginx_binary, nginx_in_front
 from bench.slow_clients import Dawdlers
-
-QUOTE = {"text": "It made onboarding twice as fast.", "speaker": "Jo"}
-COMMITTED = {"account": {"id": "acc-f", "name": "Fault Co"}, "csm": "Dana",
-             "champion": {"name": "Jo Park", "title": "VP"}, "use_case": "faults", "close_date": "2026-10-01"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_bin() -> Path:
@@ -71,7 +60,7 @@ class Cluster:
     def __init__(self, folder: Path):
         self.bin = _postgres_bin()
         self.data = folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.log = folder / "postgres.log"
         self.user = "postgres" if os.geteuid() == 0 else None
         if self.user:
@@ -106,21 +95,21 @@ class Cluster:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
 
 
-class Writers:
+class Writers(Crowd):
     """``count`` clients, each appending to a record of its own through ``base`` and retrying
     the same event id until answered 2xx."""
 
+    join_seconds = 60.0
+
     def __init__(self, base: str, key: str, count: int):
+        super().__init__(count)
         self.base, self.key = base, key
-        self.stop = threading.Event()
         self.statuses: Counter = Counter()
         self.acknowledged: dict[str, tuple[str, int, int]] = {}  # event id -> (stream, version, position)
         self.mismatches: list[str] = []  # a retry answered differently from the first answer
         self.refused: list[str] = []  # a valid event answered 4xx: a defect
         self.acked_at: list[float] = []  # monotonic times of acknowledgements
         self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._write, args=(f"fault-{uuid.uuid4().hex[:8]}",), daemon=True)
-                        for _ in range(count)]
 
     def _post(self, stream: str, body: dict) -> tuple[int | None, dict | None]:
         request = urllib.request.Request(f"{self.base}/case-studies/{stream}/events", data=json.dumps(body).encode(),
@@ -134,8 +123,8 @@ class Writers:
         except (OSError, http.client.HTTPException):  # no answer, or one cut short (a worker killed mid-answer)
             return None, None
 
-    def _write(self, stream: str) -> None:
-        first = True
+    def _one(self, index: int) -> None:
+        stream, first = f"fault-{index}-{uuid.uuid4().hex[:8]}", True
         while not self.stop.is_set():
             event_id = str(uuid.uuid4())
             body = ({"type": "committed", "data": COMMITTED} if first else {"type": "quote_added", "data": QUOTE})
@@ -161,32 +150,9 @@ class Writers:
                 self.acked_at.append(time.monotonic())
             first = False
 
-    def __enter__(self) -> "Writers":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-
-def _children(pid: int) -> dict[int, str]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid and fields[0] != "Z":
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (OSError, ValueError):
-                continue
-    return found
-
 
 def _helper(server: subprocess.Popen, mark: str) -> int:
-    return next(pid for pid, command in _children(server.pid).items() if mark in command)
+    return next(pid for pid, command in children(server.pid).items() if mark in command)
 
 
 def _get(base: str, path: str) -> dict:
@@ -241,9 +207,9 @@ def run(seconds: float | None = None, writers: int | None = None) -> dict:
             subprocess.run([casestudies, "db", "upgrade"], env=env, check=True, capture_output=True)
             key = subprocess.run([casestudies, "keys", "create", "--role", "writer", "--name", "crm"], env=env,
                                  check=True, capture_output=True, text=True).stdout.split()[0]
-            api_port = _free_port()
+            api_port = free_port()
             with _served(cluster.url, folder, api_port) as server, \
-                    nginx_in_front(f"127.0.0.1:{api_port}", folder / "nginx", _free_port()) as base:
+                    nginx_in_front(f"127.0.0.1:{api_port}", folder / "nginx", free_port()) as base:
                 restarts: dict[str, float] = {}
                 restarted: dict[str, float] = {}  # how long pg_ctl took to restart it
                 with Dawdlers(int(base.rsplit(":", 1)[1]), 50), Writers(base, key, writers) as load:
@@ -253,7 +219,7 @@ def run(seconds: float | None = None, writers: int | None = None) -> dict:
                         log(f"fault at {time.monotonic() - started:.1f} s: {fault}")
                         if fault.startswith("worker"):
                             arbiter = _helper(server, "service.wsgi")
-                            worker = min(_children(arbiter))
+                            worker = min(children(arbiter))
                             os.kill(worker, signal.SIGKILL if fault.endswith("SIGKILL") else signal.SIGTERM)
                         elif fault.startswith("postgres"):
                             restarts[fault] = time.monotonic()

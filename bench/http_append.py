@@ -40,6 +40,7 @@ from bench.common import (
     CpuMeter,
     env_float,
     env_int,
+    free_port,
     fresh_db,
     log,
     quiet_service_logging,
@@ -49,12 +50,6 @@ from bench.common import (
 BENCH_DIR = ROOT / "bench"
 LUA = BENCH_DIR / "post_events.lua"
 STREAM_PREFIX = "http"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_wrk() -> str | None:
@@ -206,14 +201,14 @@ def run() -> dict:
                                         env=env, check=True, capture_output=True, text=True).stdout.split()[0]
             log(f"pre-creating {streams} streams for {side}")
             _precreate_streams(url, streams)
-            servers[side] = _free_port()
+            servers[side] = free_port()
             # the service logs JSON lines (its own and gunicorn's) to stdout: keep them in a file
             logs.append(open(RESULTS / f"http-{side}-log.tmp", "w"))  # noqa: SIM115
             procs[side] = subprocess.Popen(
                 [casestudies, "serve", "--port", str(servers[side]), "--workers", str(workers), *flags],
                 env=env, stdout=logs[-1], stderr=subprocess.STDOUT)
         keys["bare"] = keys["ours"]
-        servers["bare"] = _free_port()
+        servers["bare"] = free_port()
         logs.append(open(RESULTS / "http-bare-log.tmp", "w"))  # noqa: SIM115
         procs["bare"] = subprocess.Popen(
             [sys.executable, "-m", "bench.bare_app", "--port", str(servers["bare"]), "--workers", str(workers)],

@@ -41,7 +41,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import PG_URL, RESULTS, ROOT, env_int, fresh_db, log, pct, quiet_service_logging, sa_url
+from bench.common import (
+    PG_URL,
+    RESULTS,
+    ROOT,
+    children,
+    env_int,
+    free_port,
+    fresh_db,
+    log,
+    pct,
+    quiet_service_logging,
+    sa_url,
+)
 from bench.dataset import load_url, make_dataset
 
 LIVE_SHARE = 0.10  # the newest events, projected live after a rebuild of the rest
@@ -234,14 +246,6 @@ def _load(records: int, seed: int, now: str | None, urls: list[str], part: str) 
 
 
 # -- the reads over HTTP -----------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(conn: http.client.HTTPConnection, path: str, key: str, accept: str = "application/json"
          ) -> tuple[int, bytes]:
     conn.request("GET", path, headers={"Authorization": f"Bearer {key}", "Accept": accept})
@@ -282,26 +286,12 @@ def _stuck_pages(conn, key: str, as_of: str | None) -> list[str]:
     return paths
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _gunicorn_rss(server_pid: int) -> dict[str, float]:
     """VmHWM (MiB) of every process `casestudies serve` runs: itself (the supervisor), gunicorn's
     arbiter (its child) and the arbiter's workers."""
     out = {"serve": peak_memory(server_pid).get("vmhwm_mib", 0.0)}
-    for child in _children(server_pid):
-        grandchildren = _children(child)
+    for child in children(server_pid):
+        grandchildren = children(child)
         if grandchildren:  # the arbiter: its children are the workers
             out["arbiter"] = peak_memory(child).get("vmhwm_mib", 0.0)
             for worker in grandchildren:
@@ -317,7 +307,7 @@ def reads_over_http(url: str, requests: int, now: datetime) -> dict:
     env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
     key = subprocess.run([casestudies, "keys", "create", "--role", "reader", "--name", "bench"],
                          env=env, check=True, capture_output=True, text=True).stdout.split()[0]
-    port = _free_port()
+    port = free_port()
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / "projections-serve-log.tmp"
     prewarm(url)

@@ -19,9 +19,19 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.common import RESULTS, CpuMeter, env_float, env_int, fresh_db, log, quiet_service_logging, sa_url
+from bench.common import (
+    RESULTS,
+    CpuMeter,
+    Crowd,
+    env_float,
+    env_int,
+    free_port,
+    fresh_db,
+    log,
+    quiet_service_logging,
+    sa_url,
+)
 from bench.http_append import (
-    _free_port,
     _precreate_streams,
     _stop,
     _wait_listening,
@@ -31,24 +41,13 @@ from bench.http_append import (
 from bench.proxy import nginx_binary, nginx_in_front
 
 
-class Dawdlers:
+class Dawdlers(Crowd):
     """``count`` slow connections to ``port``, kept open (reconnecting when cut) until stopped."""
 
     def __init__(self, port: int, count: int):
-        self.port, self.count = port, count
-        self.stop = threading.Event()
+        super().__init__(count)
+        self.port = port
         self.cut = 0
-        self.threads = [threading.Thread(target=self._one, args=(i,), daemon=True) for i in range(count)]
-
-    def __enter__(self) -> "Dawdlers":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
     def _one(self, index: int) -> None:
         while not self.stop.is_set():
@@ -93,7 +92,7 @@ def run() -> dict:
         key = subprocess.run([casestudies, "keys", "create", "--role", "writer", "--name", "bench"], env=env,
                              check=True, capture_output=True, text=True).stdout.split()[0]
         _precreate_streams(url, streams)
-        api_port, proxy_port = _free_port(), _free_port()
+        api_port, proxy_port = free_port(), free_port()
         with open(Path(folder) / "serve.log", "w") as serve_log:
             server = subprocess.Popen([casestudies, "serve", "--port", str(api_port), "--workers", "2",
                                        "--no-projectors", "--no-notifications"], env=env, stdout=serve_log,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import hmac
-import os
 import re
 import threading
 import time
@@ -39,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.config import DeliverySettings
 from service.events.db import is_sqlite, transaction
+from service.events.errors import unavailable_reason
 from service.links import Links
 from service.notifications.messages import records_stuck_message
 from service.notifications.outbox import MESSAGE_COLUMNS, Message, message
@@ -46,6 +46,7 @@ from service.notifications.subscriptions import Subscriptions
 from service.notifications.tables import outbox, stuck_announcements
 from service.notifications.targets import TargetRefused, TargetUnresolved, guarded_transport
 from service.projections.queries import Projections, StuckItem
+from service.rounds import keep_going
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.notifications")
@@ -306,26 +307,22 @@ class Dispatcher:
         """Deliver until ``stop`` is set (or process ``parent_pid`` is gone); scan for stuck records
         every ``stuck_scan_seconds`` (0: never). A database that cannot be reached is retried with backoff.
         ``on_round`` is called after each round that did not fail (idle ones too)."""
-        next_scan, delay = time.monotonic(), poll_seconds
-        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
-            try:
-                if self.settings.stuck_scan_seconds > 0 and time.monotonic() >= next_scan:
-                    self.scan_stuck()
-                    next_scan = time.monotonic() + self.settings.stuck_scan_seconds
-                tried = self.run_once()
-                delay = poll_seconds
-                if on_round is not None:
-                    on_round()
-            except Exception as error:  # the dispatcher outlives any one failure; it retries with backoff
-                delay = min(max_backoff, delay * 2)
-                if isinstance(error, DBAPIError):
-                    log.warning("notifications_database_error", retry_in=delay,
-                                error=str(error.orig).splitlines()[0] if error.orig else str(error))
-                else:
-                    log.exception("notifications_unexpected_error", retry_in=delay)
-                stop.wait(delay)
-                continue
-            if not tried:
-                stop.wait(poll_seconds)
+        next_scan = time.monotonic()
+
+        def work() -> bool:
+            nonlocal next_scan
+            if self.settings.stuck_scan_seconds > 0 and time.monotonic() >= next_scan:
+                self.scan_stuck()
+                next_scan = time.monotonic() + self.settings.stuck_scan_seconds
+            return bool(self.run_once())
+
+        def failed(error: Exception, delay: float) -> None:
+            if isinstance(error, DBAPIError):
+                log.warning("notifications_database_error", retry_in=delay, error=unavailable_reason(error))
+            else:
+                log.exception("notifications_unexpected_error", retry_in=delay)
+
+        keep_going(stop, work, poll_seconds=poll_seconds, max_backoff=max_backoff, failed=failed,
+                   parent_pid=parent_pid, on_round=on_round)
         self.client.close()
         self.webhook_client.close()

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy import Connection, Engine, Table, and_, func, literal, or_, select, tuple_
 from sqlalchemy.dialects import postgresql
@@ -187,8 +187,8 @@ class View:
         if code:
             query = query.where(table.c.code == code)
         if cursor:
-            query = query.where(tuple_(*key) > tuple_(*(literal(v, type_=c.type) for v, c in zip(
-                _decode_blocker_cursor(cursor), (table.c.csm, table.c.since, table.c.id, table.c.seq)))))
+            query = query.where(_after(key, _decode_blocker_cursor(cursor),
+                                       (table.c.csm, table.c.since, table.c.id, table.c.seq)))
         query = query.order_by(*key)
         if limit is not None:
             query = query.limit(limit + 1)
@@ -223,8 +223,7 @@ class View:
         if status:
             query = query.where(table.c.status == status)
         if cursor:
-            query = query.where(tuple_(*key) > tuple_(*(literal(v, type_=c.type) for v, c in zip(
-                _decode_stuck_cursor(cursor), key))))
+            query = query.where(_after(key, _decode_stuck_cursor(cursor), key))
         rows = self.conn.execute(query.order_by(*key).limit(limit + 1)).mappings().all()
         page = [StuckItem(row["id"], row["status"], row["csm"],
                           {"id": row["account_id"], "name": row["account_name"]} if row["account_id"] else None,
@@ -337,6 +336,11 @@ class View:
         return self.conn.execute(select(func.count()).where(
             self.rows(stages), stages.c.stage == "committed_to_published", stages.c.to_at >= start,
             stages.c.to_at < end)).scalar_one()
+
+
+def _after(key: Sequence, values: Sequence, columns: Sequence):
+    """Rows past a page's last one, in the order ``key``: the cursor's ``values`` typed as ``columns``."""
+    return tuple_(*key) > tuple_(*(literal(value, type_=column.type) for value, column in zip(values, columns)))
 
 
 def _decode_blocker_cursor(cursor: str) -> tuple[str, datetime, str, int]:

@@ -9,7 +9,6 @@ checkpoint with no row missed or doubled. A batch never splits one append's even
 """
 from __future__ import annotations
 
-import os
 import threading
 from datetime import datetime
 from typing import Any, Callable
@@ -20,12 +19,14 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from service.events.db import transaction
+from service.events.errors import unavailable_reason
 from service.events.event import StoredEvent
 from service.events.feed import Feed, Mark
 from service.projections.checkpoints import Checkpoints, ProjectionFailed
 from service.projections.projectors import Changes, EventNotProjected, Projector, fold, start
 from service.projections.rebuild import ProjectionBusy, Rebuilder
 from service.projections.rows import apply_changes, load_states, save_states, state_json
+from service.rounds import keep_going
 from service.times import utcnow
 
 log = structlog.get_logger("casestudies.projections")
@@ -148,27 +149,23 @@ class ProjectionRunner:
         over the store) rather than followed batch by batch. A failing batch, or a database that
         cannot be reached, is retried with backoff up to ``max_backoff`` seconds. ``on_round`` is
         called after each round that did not fail (idle ones too)."""
-        delay, ready = poll_seconds, False
-        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
-            try:
-                if not ready:
-                    self.checkpoints.ensure()
-                    ready = True
-                progressed = self._advance()
-                delay = poll_seconds
-                if on_round is not None:
-                    on_round()
-            except Exception as error:  # the worker outlives any one failure; it retries with backoff
-                delay = min(max_backoff, delay * 2)
-                if isinstance(error, DBAPIError):
-                    log.warning("projection_database_error", retry_in=delay,
-                                error=str(error.orig).splitlines()[0] if error.orig else str(error))
-                elif not isinstance(error, (ProjectionFailed, ProjectionBusy)):
-                    log.exception("projection_unexpected_error", retry_in=delay)
-                stop.wait(delay)
-                continue
-            if not progressed:
-                stop.wait(poll_seconds)
+        ready = False
+
+        def work() -> bool:
+            nonlocal ready
+            if not ready:
+                self.checkpoints.ensure()
+                ready = True
+            return bool(self._advance())
+
+        def failed(error: Exception, delay: float) -> None:
+            if isinstance(error, DBAPIError):
+                log.warning("projection_database_error", retry_in=delay, error=unavailable_reason(error))
+            elif not isinstance(error, (ProjectionFailed, ProjectionBusy)):  # those are recorded already
+                log.exception("projection_unexpected_error", retry_in=delay)
+
+        keep_going(stop, work, poll_seconds=poll_seconds, max_backoff=max_backoff, failed=failed,
+                   parent_pid=parent_pid, on_round=on_round)
 
     def _advance(self) -> int:
         with transaction(self.engine, isolation="REPEATABLE READ", write=False) as conn:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from bench.common import free_port
+
 BIN = Path(sys.executable).parent
 
 
@@ -23,12 +24,6 @@ def cli(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.C
     env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", **(env or {})}
     return subprocess.run([str(BIN / "casestudies"), *args], env=env, capture_output=True, text=True,
                           timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(base: str, method: str, path: str, key: str | None = None, body=None, headers=None):

@@ -11,36 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import children
 from tests.e2e.conftest import call, cli, serving
 from tests.factories import COMMITTED
 
 
-def _children(pid: int) -> dict[int, str]:
-    """The live child processes of ``pid``: their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == pid and state != "Z":
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def helpers(server) -> dict[str, int]:
     """serve's children: gunicorn's arbiter ("api") and the helpers."""
-    return {group: pid for pid, command in _children(server.pid).items()
+    return {group: pid for pid, command in children(server.pid).items()
             for group, mark in (("api", "service.wsgi"), ("projections", "service.cli projections run"),
                                 ("notifications", "service.cli notifications run")) if mark in command}
 
 
 def workers(server) -> set[int]:
     arbiter = helpers(server).get("api")
-    return set(_children(arbiter)) if arbiter else set()
+    return set(children(arbiter)) if arbiter else set()
 
 
 def wait_for(condition, timeout: float = 20.0, what: str = ""):
