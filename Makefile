@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 PYTEST_ARGS ?=
 
-.PHONY: run test migrate lock bench clean
+.PHONY: run test migrate lock bench clean assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,29 @@ $(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
 
+# The dashboard's browser libraries, from the npm registry as package-lock.json pins them (no CDN at
+# run time). Without npm the dashboard still works: its pages read without JavaScript.
+VENDOR := service/ui/static/vendor
+$(VENDOR)/MANIFEST.json: package.json package-lock.json | $(BIN)/python
+	@if command -v npm >/dev/null; then \
+		npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && \
+		$(BIN)/python -m service.ui.assets node_modules; \
+	else echo "npm not found: the dashboard will serve its pages without charts, diagrams or htmx"; fi
+
+assets: $(VENDOR)/MANIFEST.json
+
 migrate: $(VENV)/.runtime
 	$(BIN)/casestudies db upgrade
 
-run: migrate
-	$(BIN)/casestudies serve --host $(HOST) --port $(PORT)
+# The secret that signs dashboard sign-ins, made once and kept (readable by this user only), so that
+# a restart does not sign everyone out.
+var/session-secret:
+	@mkdir -p var && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 
-test: $(VENV)/.dev
+run: migrate assets var/session-secret
+	SESSION_SECRET="$$(cat var/session-secret)" $(BIN)/casestudies serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev assets
 	$(BIN)/ruff check --quiet service tests bench alembic
 	TEST_DATABASE_URL="$(TEST_DATABASE_URL)" $(BIN)/pytest --numprocesses=auto $(PYTEST_ARGS)
 
@@ -46,4 +62,4 @@ lock: | $(BIN)/python
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --extra dev -o requirements-dev.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache node_modules $(VENDOR)
