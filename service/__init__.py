@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None, services: "Services | None" = N
     from service.api.jsonprovider import OrjsonProvider
     from service.api.params import MAX_BODY_BYTES
     from service.bootstrap import build
+    from service.ui import register as register_dashboard
 
     settings = settings or (services.settings if services else Settings.from_env())
     configure_logging(settings.log_format, settings.log_level)
@@ -28,4 +29,5 @@ def create_app(settings: Settings | None = None, services: "Services | None" = N
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["casestudies"] = services or build(settings, serving=True)
     register(app)
+    register_dashboard(app, settings)
     return app

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     costly_reads_per_key: Annotated[int, Field(ge=0)] = 1  # reports and projections at once, per key (0: no limit)
     statement_timeout_seconds: Seconds = 20.0  # for requests, on PostgreSQL (0: none)
     slack_webhook_url: HttpUrl | None = Field(default=None, repr=False)  # a secret: never logged
+    # signs the dashboard's session cookies; every process of one server must share it (`serve`
+    # makes one for its run when it is not set, `make run` keeps one in var/session-secret)
+    session_secret: Annotated[str, Field(min_length=32)] | None = Field(default=None, repr=False)
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # a dashboard sign-in lasts this long
     notify: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @model_validator(mode="before")

@@ -29,10 +29,12 @@ class KeyRequestError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's name (the events' actor) and its role."""
+    """Who is calling: the key's name (the events' actor), its role and its id (what a dashboard
+    session keeps instead of the key)."""
 
     name: str
     role: str
+    key_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_FIND_KEY = (select(api_keys.c.name, api_keys.c.role)
-             .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None)))
+_ACTIVE = select(api_keys.c.id, api_keys.c.name, api_keys.c.role).where(api_keys.c.revoked_at.is_(None))
+_FIND_KEY = _ACTIVE.where(api_keys.c.key_hash == bindparam("key_hash"))
+_FIND_ID = _ACTIVE.where(api_keys.c.id == bindparam("key_id"))
 
 
 class KeyStore:
@@ -114,9 +117,16 @@ class KeyStore:
         if row is None:
             self._cache.pop(digest, None)
             return None
-        principal = Principal(row.name, row.role)
+        principal = Principal(row.name, row.role, row.id)
         if self.cache_seconds > 0:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (principal, now + self.cache_seconds)
         return principal
+
+    def by_id(self, key_id: int) -> Principal | None:
+        """The principal of the active key with id ``key_id``, read afresh (never from the cache), so a
+        revoked key stops working at the next lookup; None when it is unknown or revoked."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_FIND_ID, {"key_id": key_id}).first()
+        return Principal(row.name, row.role, row.id) if row else None

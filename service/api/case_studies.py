@@ -99,14 +99,14 @@ def post_event(stream_id: str):
             if later.expected_version is not None:
                 raise _invalid(f"{index}.expected_version", "only the first event of a batch carries the "
                                "batch's expected_version (or send If-Match)")
-        new_events = [_new_event(item, str(item.event_id) if item.event_id else None, field=f"{index}.")
+        new_events = [new_event(item, str(item.event_id) if item.event_id else None, field=f"{index}.")
                       for index, item in enumerate(requests)]
         ids = [event.event_id for event in new_events if event.event_id]
         if len(set(ids)) != len(ids):
             raise _invalid("event_id", "each event of a batch needs its own event_id")
     else:
         requests = [parse_event_request(body)]
-        new_events = [_new_event(requests[0], _event_id(requests[0].event_id))]
+        new_events = [new_event(requests[0], _event_id(requests[0].event_id))]
     result = services().store.append(stream_id, new_events, actor=g.principal.name,
                                      expected_version=_expected_version(requests[0].expected_version))
     stored = result.events[-1]
@@ -119,7 +119,7 @@ def post_event(stream_id: str):
     return response, (201 if result.created else 200), headers
 
 
-def _new_event(event, event_id: str | None, field: str = "") -> NewEvent:
+def new_event(event, event_id: str | None, field: str = "") -> NewEvent:
     """The store's NewEvent for a validated request, refusing an occurred_at in the future."""
     if event.occurred_at is not None and event.occurred_at > utcnow() + MAX_CLOCK_SKEW:
         raise _invalid(f"{field}occurred_at", "is in the future; occurred_at is when it happened")

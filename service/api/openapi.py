@@ -24,7 +24,7 @@ from service.notifications.subscriptions import MAX_SUBSCRIPTION_ID
 bp = Blueprint("openapi", __name__)
 
 OPENAPI_VERSION = "3.1.0"
-UNDOCUMENTED = ("static", "swagger_ui.", "openapi.")  # endpoint prefixes the document leaves out
+UNDOCUMENTED = ("static", "swagger_ui.", "openapi.", "ui.")  # endpoint prefixes the document leaves out (ui: pages)
 JSON, PROBLEM_JSON, CSV = "application/json", "application/problem+json", "text/csv"
 ALWAYS = ("internal_error", "database_unavailable", "uri_too_long", "headers_too_large")
 _RULE_ARGUMENT = re.compile(r"<(?:(\w+):)?(\w+)>")

@@ -3,11 +3,13 @@ all three supervised."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 import tempfile
 
 import click
+import structlog
 
 from service.cli.common import settings, stop_on_signals
 
@@ -44,6 +46,12 @@ def serve(host: str, port: int, workers: int, threads: int, timeout: int, projec
 
     os.environ[HELPERS_DIR] = run_dir
     configure_logging(chosen.log_format, chosen.log_level, stream=sys.stdout)
+    if chosen.session_secret is None:
+        # Every worker must sign dashboard sessions with the same secret: one for this run.
+        os.environ["SESSION_SECRET"] = secrets.token_urlsafe(32)
+        structlog.get_logger("casestudies.serve").warning(
+            "session_secret_generated", detail="SESSION_SECRET is not set: dashboard sign-ins last until "
+            "the server restarts")
     # gunicorn and each helper are this process's children, and nothing else runs here: a worker
     # that leaves (its timeout, a SIGTERM, max_requests) is gunicorn's to replace, and whichever
     # child exits is started again. Only this process sets up and tears down.

@@ -155,6 +155,16 @@ class View:
             .group_by(table.c.csm, table.c.status)).all()
         return self.answer(_counts(rows))
 
+    def status_counts(self, *, csm: str | None = None, account: str | None = None) -> Answer:
+        """Records per status at this view's time, of one CSM or account (its id or name)."""
+        table = pipeline_records
+        query = select(table.c.status, func.count()).where(self.rows(table)).group_by(table.c.status)
+        if csm:
+            query = query.where(table.c.csm == csm)
+        if account:
+            query = query.where(or_(table.c.account_id == account, table.c.account_name == account))
+        return self.answer(dict(self.conn.execute(query).all()))
+
     def record_ids(self, *, status: str | None = None, csm: str | None = None, account: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Answer:
         """The ids of the records in the pipeline at this view's time, filtered, ordered by id; one page
@@ -176,19 +186,20 @@ class View:
 
     # -- what blocks publication ---------------------------------------------------------------
     def blockers(self, *, csm: str | None = None, code: str | None = None, limit: int | None = None,
-                 cursor: str | None = None) -> Answer:
-        """What blocks publication: ordered by CSM, since, record; with ``limit``, one page, and
-        ``next_cursor`` continues."""
+                 cursor: str | None = None, order: str = "csm") -> Answer:
+        """What blocks publication: ordered by CSM, since, record (``order`` "longest": by since,
+        record); with ``limit``, one page, and ``next_cursor`` continues."""
         table = blockers
-        key = (func.coalesce(table.c.csm, ""), table.c.since, table.c.id, table.c.seq)
+        by_csm = order == "csm"
+        key = ((func.coalesce(table.c.csm, ""),) if by_csm else ()) + (table.c.since, table.c.id, table.c.seq)
         query = select(table).where(self.rows(table))
         if csm:
             query = query.where(table.c.csm == csm)
         if code:
             query = query.where(table.c.code == code)
         if cursor:
-            query = query.where(_after(key, _decode_blocker_cursor(cursor),
-                                       (table.c.csm, table.c.since, table.c.id, table.c.seq)))
+            query = query.where(_after(key, _decode_blocker_cursor(cursor, by_csm),
+                                       ((table.c.csm,) if by_csm else ()) + (table.c.since, table.c.id, table.c.seq)))
         query = query.order_by(*key)
         if limit is not None:
             query = query.limit(limit + 1)
@@ -197,7 +208,8 @@ class View:
         if limit is not None and len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1]
-            next_cursor = cursors.encode([last["csm"] or "", last["since"].isoformat(), last["id"], last["seq"]])
+            next_cursor = cursors.encode(([last["csm"] or ""] if by_csm else [])
+                                         + [last["since"].isoformat(), last["id"], last["seq"]])
         return self.answer(rows, next_cursor)
 
     def blocked_counts(self) -> Answer:
@@ -210,11 +222,13 @@ class View:
 
     # -- what is stuck ---------------------------------------------------------------------------
     def stuck(self, *, csm: str | None = None, code: str | None = None, status: str | None = None,
-              limit: int = 100, cursor: str | None = None) -> Answer:
+              limit: int = 100, cursor: str | None = None, order: str = "csm") -> Answer:
         """Records stuck at this view's reference time, one finding per rule: ordered by CSM, then the
-        moment the rule began to hold (longest stuck first), record and rule; one page."""
+        moment the rule began to hold (longest stuck first), record and rule (``order`` "longest":
+        without the CSM); one page."""
         table = stuck
-        key = (table.c.csm, table.c.holds_after, table.c.id, table.c.code)
+        by_csm = order == "csm"
+        key = ((table.c.csm,) if by_csm else ()) + (table.c.holds_after, table.c.id, table.c.code)
         query = select(table).where(self.rows(table), table.c.holds_after < self.reference)
         if csm:
             query = query.where(table.c.csm == csm)
@@ -223,7 +237,7 @@ class View:
         if status:
             query = query.where(table.c.status == status)
         if cursor:
-            query = query.where(_after(key, _decode_stuck_cursor(cursor), key))
+            query = query.where(_after(key, _decode_stuck_cursor(cursor, by_csm), key))
         rows = self.conn.execute(query.order_by(*key).limit(limit + 1)).mappings().all()
         page = [StuckItem(row["id"], row["status"], row["csm"],
                           {"id": row["account_id"], "name": row["account_name"]} if row["account_id"] else None,
@@ -232,7 +246,8 @@ class View:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = cursors.encode([last["csm"], last["holds_after"].isoformat(), last["id"], last["code"]])
+            next_cursor = cursors.encode(([last["csm"]] if by_csm else [])
+                                         + [last["holds_after"].isoformat(), last["id"], last["code"]])
         return self.answer(page, next_cursor)
 
     def stuck_counts(self) -> Answer:
@@ -343,24 +358,26 @@ def _after(key: Sequence, values: Sequence, columns: Sequence):
     return tuple_(*key) > tuple_(*(literal(value, type_=column.type) for value, column in zip(values, columns)))
 
 
-def _decode_blocker_cursor(cursor: str) -> tuple[str, datetime, str, int]:
-    def parse(values: list) -> tuple[str, datetime, str, int]:
-        csm, since, stream_id, seq = values
+def _decode_blocker_cursor(cursor: str, by_csm: bool = True) -> tuple:
+    def parse(values: list) -> tuple:
+        csm, (since, stream_id, seq) = (values[0] if by_csm else ""), values[-3:]
         since = datetime.fromisoformat(since)
-        if not (isinstance(csm, str) and isinstance(stream_id, str) and type(seq) is int and since.tzinfo):
+        if not (len(values) == 3 + by_csm and isinstance(csm, str) and isinstance(stream_id, str)
+                and type(seq) is int and since.tzinfo):
             raise ValueError(values)
-        return csm, since, stream_id, seq
+        return ((csm,) if by_csm else ()) + (since, stream_id, seq)
 
     return cursors.decode(cursor, parse)
 
 
-def _decode_stuck_cursor(cursor: str) -> tuple[str, datetime, str, str]:
-    def parse(values: list) -> tuple[str, datetime, str, str]:
-        csm, holds_after, stream_id, code = values
+def _decode_stuck_cursor(cursor: str, by_csm: bool = True) -> tuple:
+    def parse(values: list) -> tuple:
+        csm, (holds_after, stream_id, code) = (values[0] if by_csm else ""), values[-3:]
         holds_after = datetime.fromisoformat(holds_after)
-        if not (isinstance(csm, str) and isinstance(stream_id, str) and code in RULE_OF and holds_after.tzinfo):
+        if not (len(values) == 3 + by_csm and isinstance(csm, str) and isinstance(stream_id, str)
+                and code in RULE_OF and holds_after.tzinfo):
             raise ValueError(values)
-        return csm, holds_after, stream_id, code
+        return ((csm,) if by_csm else ()) + (holds_after, stream_id, code)
 
     return cursors.decode(cursor, parse)
 

@@ -84,7 +84,8 @@ def _requests(stream: str) -> list[tuple[str, str, str, dict | None]]:
 
 def test_the_list_of_requests_covers_every_route_that_reads_the_database(behind_proxy):
     client, *_ = behind_proxy
-    routes = {rule.rule for rule in client.application.url_map.iter_rules()} - NO_DATABASE - {"/readyz"}
+    routes = {rule.rule for rule in client.application.url_map.iter_rules()
+              if not rule.rule.startswith("/ui/")} - NO_DATABASE - {"/readyz"}  # pages: the test below
     covered = {path.split("?")[0].replace("cs-", "<stream_id>") for _, path, _, _ in _requests("cs-")}
     covered = {path.replace("/1", "/<int:subscription_id>") if path.startswith("/webhooks") else
                path.replace("/1", "/<int:message_id>") for path in covered}
@@ -181,3 +182,25 @@ def test_each_way_of_being_unavailable_is_a_503_with_retry_after(request, tmp_pa
         assert (answer.status, answer.code, answer.headers.get("Retry-After")) == (503, "database_unavailable", "2"), error
     # what is not the database's absence stays what it is
     assert to_problem(exc.IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("dup"))).status == 500
+
+
+DASHBOARD = ["/ui/board", "/ui/records", "/ui/stuck", "/ui/blockers", "/ui/weekly", "/ui/cycle-times",
+             "/ui/life-cycle", "/ui/operations", "/ui/records/{stream}"]
+
+
+def test_every_dashboard_page_is_a_503_page_with_retry_after_while_the_database_is_away(behind_proxy):
+    client, keys, proxy, stream = behind_proxy
+    page = client.get("/ui/sign-in").get_data(as_text=True)
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    assert client.post("/ui/sign-in", data={"key": keys["admin"], "csrf_token": token}).status_code == 302
+    pages = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/ui/")}
+    assert {path.replace("{stream}", "<stream_id>") for path in DASHBOARD} == pages - {
+        "/ui/", "/ui/sign-in", "/ui/sign-out", "/ui/static/<path:filename>", "/ui/records/new",
+        "/ui/records/<stream_id>/events", "/ui/operations/notifications/<int:message_id>/retry"}
+    proxy.cut()
+    wrong = {}
+    for path in DASHBOARD:
+        answer = client.get(path.format(stream=stream))
+        if answer.status_code != 503 or answer.mimetype != "text/html" or answer.headers.get("Retry-After") != "2":
+            wrong[path] = (answer.status_code, answer.get_data(as_text=True)[:200])
+    assert wrong == {}

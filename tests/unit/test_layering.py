@@ -1,4 +1,4 @@
-"""Dependencies point one way: api and cli on top; bootstrap wires; the capability packages in the
+"""Dependencies point one way: api, ui and cli on top; bootstrap wires; the capability packages in the
 middle; the event store below them; the domain at the bottom. Every import of every module under
 service/ (inside functions too) is held against the table below, so one that points the wrong way
 fails here with its file and line."""
@@ -39,15 +39,17 @@ MAY_IMPORT: dict[str, set[str]] = {
                     "service.audit", "service.intake", "service.projections", "service.notifications",
                     "service.reports", "service.migrations", "service.api", "service.wsgi", "service.logs",
                     "service.times", "service.spreadsheets", "service.supervision", "service.telemetry"},
+    "service.ui": {"service.api", "service.config", "service.domain", "service.events", "service.access",
+                   "service.audit", "service.projections", "service.notifications", "service.reports", *LEAVES},
     "service.wsgi": {"service", "service.config", "service.logs", "service.api"},
-    "service": {"service.api", "service.bootstrap", "service.config", "service.logs"},  # create_app
+    "service": {"service.api", "service.ui", "service.bootstrap", "service.config", "service.logs"},  # create_app
 }
 
 # Libraries a part may not use at all: the domain is pure, and only the HTTP layer knows Flask.
 NEVER: dict[str, tuple[str, ...]] = {
     "service.domain": ("flask", "sqlalchemy", "psycopg", "alembic", "structlog", "werkzeug"),
     **{part: ("flask", "werkzeug") for part in MAY_IMPORT
-       if part not in ("service.api", "service.cli", "service", "service.wsgi", "service.domain")},
+       if part not in ("service.api", "service.ui", "service.cli", "service", "service.wsgi", "service.domain")},
 }
 
 
