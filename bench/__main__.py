@@ -1,5 +1,5 @@
 """Run the benchmarks end to end and print a summary:
-``python -m bench [http] [length] [store] [batch] [breakdown] [projections]``.
+``python -m bench [http] [length] [store] [batch] [breakdown] [projections] [slow] [faults] [dashboard]``.
 
 With no arguments everything runs. Raw results go to bench/results/latest.json. Raw results go to
 bench/results/latest.json.
@@ -26,6 +26,7 @@ RUNS = {
     "projections": ("projections", "(d) projections: rebuild rate and memory, reporting endpoints at scale"),
     "slow": ("slow_clients", "(f) slow clients against the proxy in front of serve"),
     "faults": ("faults", "(g) the fault suite: workers, PostgreSQL and helpers killed under load"),
+    "dashboard": ("dashboard", "(h) the dashboard's pages at scale, on PostgreSQL"),
 }
 PARTS = tuple(RUNS)
 
@@ -185,6 +186,22 @@ def summary(results: dict) -> str:
                      f"twice {faults['stored_twice']}, gaps {faults['streams_with_gaps']}", str(faults["statuses"]),
                      "0 lost / doubled / gaps", _yes(faults["lost"] == faults["stored_twice"] ==
                                                       faults["streams_with_gaps"] == 0)))
+
+    ui = results.get("dashboard")
+    if ui:
+        n = ui["config"]["records"]
+        for name, x in ui["pages"].items():
+            rows.append((f"(h) page {name.replace('_', ' ')}, PostgreSQL, {n:,} records",
+                         f"p50 {x['p50_ms']:.1f} ms, p95 {x['p95_ms']:.1f} ms, up to {x['max_bytes'] / 1e3:.0f} kB",
+                         f"{x['requests']} requests ({x['distinct_requests']} distinct)", "p95 < 100 ms",
+                         _yes(x["p95_ms"] < 100)))
+        form = ui["form_post"]
+        rows.append(("(h) posting an event form", f"p50 {form['p50_ms']:.1f} ms, p95 {form['p95_ms']:.1f} ms",
+                     f"{form['requests']} requests", "p95 < 100 ms", _yes(form["p95_ms"] < 100)))
+        for name, x in ui["api"].items():
+            rows.append((f"    page {name.replace('_', ' ')} / the API answer it shows, p95",
+                         f"{ui['pages'][name]['p95_ms']:.1f} / {x['p95_ms']:.1f} ms", f"{x['page_to_api_p95']:.2f}x",
+                         "(info)", ""))
 
     proj = results.get("projections")
     if proj:
