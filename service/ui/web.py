@@ -8,7 +8,7 @@ from typing import Callable
 
 import structlog
 from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
-from flask_wtf.csrf import CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from service.access.keys import Principal
 from service.access.roles import ADMINS, AUDITORS, PROJECTION_READERS, RECORD_READERS, WRITERS
@@ -124,6 +124,9 @@ def cursor() -> str | None:
 
 def refusal(error: Exception) -> Response | tuple[str, int]:
     """Any error while serving a page, shown as a page that says what went wrong and what to do."""
+    if isinstance(error, CSRFError):
+        error = Problem("bad_request", f"{error.description} Open the page again and send the form from there "
+                        "(a form is only taken from a page of this sign-in).")
     problem = to_problem(error)
     if problem.status == 401:
         return redirect(url_for("ui.sign_in"))

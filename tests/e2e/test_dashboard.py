@@ -108,9 +108,11 @@ def fresh(page, act) -> None:
 
 
 def shoot(page, site, name: str) -> None:
+    """The whole page, and its first screen (what the README shows), as test artefacts."""
     folder = ARTIFACTS / site["backend"]
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(folder / f"{name}-screen.png"))
 
 
 def stream(site, stream_id: str) -> list[dict]:
