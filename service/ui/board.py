@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import url_for
+from flask import request, url_for
 
 from service.access.roles import PROJECTION_READERS, RECORD_READERS
 from service.api import services
@@ -30,11 +30,6 @@ def _filters() -> dict:
     return {"csm": web.text("csm"), "account": web.text("account")}
 
 
-def _links(**given) -> dict:
-    """The CSV answer of the same view (the API's), with the filters it takes."""
-    return {key: value for key, value in given.items() if value}
-
-
 @bp.get("/board")
 @page(*PROJECTION_READERS)
 def board():
@@ -51,9 +46,10 @@ def board():
     else:
         reference = as_of
         columns, position = _board_as_of(statuses, filters, as_of)
-    csv = url_for("projections.pipeline", format="csv", **_links(as_of=web.params.request.args.get("as_of")))
+    raw_as_of = request.args.get("as_of") or ""
+    csv = url_for("projections.pipeline", format="csv", **({"as_of": raw_as_of} if raw_as_of else {}))
     return render("board.html", columns=columns, labels=STATUS_LABELS, filters=filters,
-                  as_of=web.params.request.args.get("as_of") or "", reference=reference, csv=csv,
+                  as_of=raw_as_of, reference=reference, csv=csv,
                   position=position, total=sum(column["count"] for column in columns),
                   more=CARDS_PER_STATUS)
 

@@ -3,6 +3,7 @@ the integrity of its chain), and acting on it: every event a form, posted throug
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import orjson
 import structlog
@@ -44,8 +45,7 @@ def _forms_for(record) -> list[dict]:
         fields = FORMS[event_type]
         if event_type in ("approval_granted", "changes_requested"):
             pending = tuple(role for role in record.approvers if record.approvals.get(role) == "pending")
-            fields = tuple(field if field.name != "role" else field.__class__(**{**field.__dict__,
-                                                                                 "options": pending or APPROVER_ROLES})
+            fields = tuple(replace(field, options=pending or APPROVER_ROLES) if field.name == "role" else field
                            for field in fields)
         forms.append({"type": event_type, "fields": fields, "event_id": str(uuid.uuid4())})
     return forms

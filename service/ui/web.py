@@ -39,6 +39,7 @@ def _page_headers(response: Response) -> Response:
             response.headers["HX-Push-Url"] = request.full_path.rstrip("?")
     return response
 
+
 # The pages, in the order the navigation shows them, each with the roles that may open it (API.md's).
 NAVIGATION: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("ui.board", "Pipeline", PROJECTION_READERS),
@@ -71,8 +72,9 @@ def page(*roles: str) -> Callable:
         @wraps(view)
         def guarded(*args, **kwargs):
             principal = signed_in()
-            if principal is None:
-                return redirect(url_for("ui.sign_in", next=request.full_path.rstrip("?")))
+            if principal is None:  # back here after signing in (a form sent meanwhile is not resent)
+                back = request.full_path.rstrip("?") if request.method == "GET" else None
+                return redirect(url_for("ui.sign_in", next=back))
             g.principal = principal
             structlog.contextvars.bind_contextvars(key=principal.name)
             if principal.role not in roles:
@@ -107,7 +109,7 @@ def moment(name: str = "as_of") -> datetime | None:
 
 def text(name: str) -> str | None:
     value = params.text(name)
-    return value.strip() or None if value else None
+    return (value.strip() or None) if value else None
 
 
 def choice(name: str, allowed) -> str | None:
