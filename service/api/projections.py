@@ -61,13 +61,17 @@ def pipeline(fmt, as_of, min_position):
     """Counts by status, and by CSM and status (JSON or CSV)."""
     with _view(as_of, min_position) as view:
         answer = view.pipeline()
-    counts = answer.value
     if params.wants_csv(fmt):
-        statuses = list(STATUS_LABELS)
-        rows = [[csm, *(by[s] for s in statuses), sum(by.values())] for csm, by in counts["by_csm"].items()]
-        rows.append(["(all)", *(counts["by_status"][s] for s in statuses), counts["total"]])
-        return _csv(answer, ["csm", *statuses, "total"], rows, "pipeline.csv")
-    return {**counts, "as_of": iso(as_of), "projection": answer.projection()}
+        return pipeline_csv(answer)
+    return {**answer.value, "as_of": iso(as_of), "projection": answer.projection()}
+
+
+def pipeline_csv(answer: Answer) -> Response:
+    """The pipeline's counts as CSV: a row per CSM, and the total."""
+    counts, statuses = answer.value, list(STATUS_LABELS)
+    rows = [[csm, *(by[s] for s in statuses), sum(by.values())] for csm, by in counts["by_csm"].items()]
+    rows.append(["(all)", *(counts["by_status"][s] for s in statuses), counts["total"]])
+    return _csv(answer, ["csm", *statuses, "total"], rows, "pipeline.csv")
 
 
 BLOCKER_COLUMNS = ["id", "status", "csm", "account_name", "code", "subject", "reason", "since", "days", "details"]
@@ -96,13 +100,16 @@ def blockers(fmt, as_of, csm, code, limit: int, cursor, min_position):
     next_url = (_next("projections.blockers", ("as_of", "csm", "code", "format"), limit=limit,
                       cursor=answer.next_cursor) if answer.next_cursor else None)
     if params.wants_csv(fmt):
-        response = _csv(answer, BLOCKER_COLUMNS, ([item[c] for c in BLOCKER_COLUMNS] for item in items),
-                        "blockers.csv")
+        response = blockers_csv(answer, items)
         if next_url:
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
     return {"as_of": iso(as_of), "count": len(items), "records": len({i["id"] for i in items}), "items": items,
             "next_cursor": answer.next_cursor, "next": next_url, "projection": answer.projection()}
+
+
+def blockers_csv(answer: Answer, items: list[dict]) -> Response:
+    return _csv(answer, BLOCKER_COLUMNS, ([item[c] for c in BLOCKER_COLUMNS] for item in items), "blockers.csv")
 
 
 @bp.get("/projections/cycle-times")
@@ -116,16 +123,21 @@ def cycle_times(fmt, start, end, csm, as_of, min_position):
     with _view(as_of, min_position) as view:
         answer = view.cycle_times(start=start, end=end, csm=csm)
     if params.wants_csv(fmt):
-        header = ["quarter", "kind", "name", "count", "median_days", "p90_days"]
-        rows = []
-        for quarter in [*answer.value["quarters"], {"quarter": "(all)", **answer.value["overall"]}]:
-            for kind, group in (("stage", "stages"), ("approver_role", "approver_roles")):
-                for name, figures in quarter[group].items():
-                    rows.append([quarter["quarter"], kind, name, figures["count"], figures["median_days"],
-                                 figures["p90_days"]])
-        return _csv(answer, header, rows, "cycle-times.csv")
+        return cycle_times_csv(answer)
     return {"stages": {stage: f"days from committed to the first {event}" for stage, event in STAGES.items()},
             **answer.value, "projection": answer.projection()}
+
+
+def cycle_times_csv(answer: Answer) -> Response:
+    """Cycle times as CSV: a row per quarter (and "(all)"), kind and name."""
+    header = ["quarter", "kind", "name", "count", "median_days", "p90_days"]
+    rows = []
+    for quarter in [*answer.value["quarters"], {"quarter": "(all)", **answer.value["overall"]}]:
+        for kind, group in (("stage", "stages"), ("approver_role", "approver_roles")):
+            for name, figures in quarter[group].items():
+                rows.append([quarter["quarter"], kind, name, figures["count"], figures["median_days"],
+                             figures["p90_days"]])
+    return _csv(answer, header, rows, "cycle-times.csv")
 
 
 CANDIDATE_COLUMNS = ["id", "status", "csm", "account_name", "kpi_improvement_pct", "best_metric", "nps",
@@ -142,13 +154,20 @@ def candidates(fmt, since, csm, as_of, min_position):
     """Records that meet the candidate rule (KPI improvement and NPS), newest candidates first."""
     with _view(as_of, min_position) as view:
         answer = view.candidates(since=since, csm=csm)
-    items = [{column: iso(row[column]) if column == "candidate_since" else row[column]
-              for column in CANDIDATE_COLUMNS} for row in answer.value]
+    items = candidate_items(answer)
     if params.wants_csv(fmt):
-        return _csv(answer, CANDIDATE_COLUMNS, ([i[c] for c in CANDIDATE_COLUMNS] for i in items),
-                    "candidates.csv")
+        return candidates_csv(answer, items)
     return {"kpi_improvement_threshold_pct": services().settings.candidate_kpi_improvement_pct, "count": len(items),
             "items": items, "projection": answer.projection()}
+
+
+def candidate_items(answer: Answer) -> list[dict]:
+    return [{column: iso(row[column]) if column == "candidate_since" else row[column]
+             for column in CANDIDATE_COLUMNS} for row in answer.value]
+
+
+def candidates_csv(answer: Answer, items: list[dict]) -> Response:
+    return _csv(answer, CANDIDATE_COLUMNS, ([i[c] for c in CANDIDATE_COLUMNS] for i in items), "candidates.csv")
 
 
 STATUS_COLUMNS = ["name", "generation", "position", "recorded_at", "lag_events", "lag_seconds", "failing",
@@ -202,7 +221,7 @@ def stuck(fmt, as_of, csm, code, status, limit: int, cursor, min_position):
     ``cursor`` (CSV: every row, streamed)."""
     filters = {"csm": csm, "code": code, "status": status}
     if params.wants_csv(fmt):
-        return _stuck_csv(as_of, filters, cursor, min_position)
+        return stuck_csv(as_of, filters, cursor, min_position)
     with _view(as_of, min_position) as view:
         answer = view.stuck(**filters, limit=limit, cursor=cursor)
         reference = view.reference
@@ -213,7 +232,7 @@ def stuck(fmt, as_of, csm, code, status, limit: int, cursor, min_position):
             "next": next_url, "projection": answer.projection()}
 
 
-def _stuck_csv(as_of, filters: dict, cursor, min_position) -> Response:
+def stuck_csv(as_of, filters: dict, cursor=None, min_position=0) -> Response:
     """Every stuck row from ``cursor`` on, written page by page as the client reads (one snapshot)."""
     projections = services().projections
     opened = projections.view(as_of=as_of, min_position=min_position or None)

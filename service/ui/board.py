@@ -47,7 +47,7 @@ def board():
         reference = as_of
         columns, position = _board_as_of(statuses, filters, as_of)
     raw_as_of = request.args.get("as_of") or ""
-    csv = url_for("projections.pipeline", format="csv", **({"as_of": raw_as_of} if raw_as_of else {}))
+    csv = url_for("ui.board_csv", **({"as_of": raw_as_of} if raw_as_of else {}))
     return render("board.html", columns=columns, labels=STATUS_LABELS, filters=filters,
                   as_of=raw_as_of, reference=reference, csv=csv,
                   position=position, total=sum(column["count"] for column in columns),

@@ -8,6 +8,7 @@ from itertools import groupby
 from flask import request, url_for
 
 from service.access.roles import PROJECTION_READERS
+from service.api import projections as csv
 from service.api import services
 from service.api.limits import costly
 from service.api.projections import blocker_items, stuck_item
@@ -53,8 +54,8 @@ def stuck():
                   filters=filters, order=order, orders=ORDERS, codes=STUCK_CODES, labels=STATUS_LABELS,
                   as_of=raw_as_of, reference=reference, position=answer.read_to.position,
                   pages=_page_links("ui.stuck", answer.next_cursor, **filters, sort=order, as_of=raw_as_of),
-                  csv=url_for("projections.stuck", format="csv",
-                              **{key: value for key, value in {**filters, "as_of": raw_as_of}.items() if value}))
+                  csv=url_for("ui.stuck_csv", **{key: value for key, value in {**filters, "as_of": raw_as_of}.items()
+                                                 if value}))
 
 
 @bp.get("/blockers")
@@ -75,8 +76,8 @@ def blockers():
                   counts=counts, filters=filters, order=order, orders=ORDERS, codes=BLOCKER_CODES,
                   as_of=raw_as_of, reference=reference, position=answer.read_to.position,
                   pages=_page_links("ui.blockers", answer.next_cursor, **filters, sort=order, as_of=raw_as_of),
-                  csv=url_for("projections.blockers", format="csv",
-                              **{key: value for key, value in {**filters, "as_of": raw_as_of}.items() if value}))
+                  csv=url_for("ui.blockers_csv", **{key: value for key, value in {**filters, "as_of": raw_as_of}.items()
+                                                    if value}))
 
 
 @bp.get("/weekly")
@@ -121,5 +122,51 @@ def cycle_times():
     return render("cycle_times.html", charts=charts, overall=cycle["overall"], stages=STAGES, csm=csm,
                   candidates=candidates, candidate_count=candidate_count,
                   threshold=services().settings.candidate_kpi_improvement_pct,
-                  candidates_csv=url_for("projections.candidates", format="csv", **({"csm": csm} if csm else {})),
-                  cycle_csv=url_for("projections.cycle_times", format="csv", **({"csm": csm} if csm else {})))
+                  candidates_csv=url_for("ui.candidates_csv", **({"csm": csm} if csm else {})),
+                  cycle_csv=url_for("ui.cycle_times_csv", **({"csm": csm} if csm else {})))
+
+
+# -- the same views as CSV, for a signed-in person (the API's CSV, which wants a key) ----------------
+@bp.get("/board.csv")
+@page(*PROJECTION_READERS)
+@costly
+def board_csv():
+    """The pipeline's counts as CSV, now or as known at ``as_of``."""
+    with services().projections.view(as_of=web.moment()) as view:
+        return csv.pipeline_csv(view.pipeline())
+
+
+@bp.get("/stuck.csv")
+@page(*PROJECTION_READERS)
+@costly
+def stuck_csv():
+    """Every stuck record the stuck page's filters select, streamed."""
+    return csv.stuck_csv(web.moment(), {"csm": web.text("csm"), "code": web.choice("code", STUCK_CODES),
+                                        "status": web.choice("status", STATUS_LABELS)})
+
+
+@bp.get("/blockers.csv")
+@page(*PROJECTION_READERS)
+@costly
+def blockers_csv():
+    """Every blocker the blockers page's filters select."""
+    with services().projections.view(as_of=web.moment()) as view:
+        answer = view.blockers(csm=web.text("csm"), code=web.choice("code", BLOCKER_CODES))
+        return csv.blockers_csv(answer, blocker_items(view, answer.value))
+
+
+@bp.get("/cycle-times.csv")
+@page(*PROJECTION_READERS)
+@costly
+def cycle_times_csv():
+    with services().projections.view() as view:
+        return csv.cycle_times_csv(view.cycle_times(csm=web.text("csm")))
+
+
+@bp.get("/candidates.csv")
+@page(*PROJECTION_READERS)
+@costly
+def candidates_csv():
+    with services().projections.view() as view:
+        answer = view.candidates(csm=web.text("csm"))
+    return csv.candidates_csv(answer, csv.candidate_items(answer))

@@ -99,6 +99,23 @@ def test_the_board_agrees_with_the_pipeline_projection(app, client, keys, servic
     assert shown == pipeline["by_status"]
 
 
+@pytest.mark.parametrize(("page", "header"), [
+    ("/ui/board", "csm,not_started,"), ("/ui/stuck", "id,status,csm,account_id,"),
+    ("/ui/blockers", "id,status,csm,account_name,code,"), ("/ui/cycle-times", "quarter,kind,name,"),
+])
+def test_each_csv_link_of_a_page_downloads_for_the_signed_in_person(app, keys, page, header):
+    reader = signed_in(app, keys["reader"])
+    links = re.findall(r'href="(/ui/[a-z-]+\.csv[^"]*)"', reader.get(page).text)
+    assert links
+    bodies = []
+    for link in links:
+        answer = reader.get(link.replace("&amp;", "&"))
+        assert answer.status_code == 200 and answer.mimetype == "text/csv", link
+        bodies.append(answer.text)  # read to the end, as a browser does (a streamed CSV holds its slot until then)
+    assert bodies[0].startswith(header)
+    assert app.test_client().get(links[0]).status_code == 302  # not signed in: to the sign-in page
+
+
 def test_stored_text_is_escaped_on_every_page_that_shows_it(app, client, keys, services):
     stream_id = unique_id()
     hostile = "<script>alert(1)</script>"

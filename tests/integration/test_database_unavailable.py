@@ -185,7 +185,8 @@ def test_each_way_of_being_unavailable_is_a_503_with_retry_after(request, tmp_pa
 
 
 DASHBOARD = ["/ui/board", "/ui/records", "/ui/stuck", "/ui/blockers", "/ui/weekly", "/ui/cycle-times",
-             "/ui/life-cycle", "/ui/operations", "/ui/records/{stream}"]
+             "/ui/life-cycle", "/ui/operations", "/ui/records/{stream}", "/ui/board.csv", "/ui/stuck.csv",
+             "/ui/blockers.csv", "/ui/cycle-times.csv", "/ui/candidates.csv"]
 
 
 def test_every_dashboard_page_is_a_503_page_with_retry_after_while_the_database_is_away(behind_proxy):
