@@ -161,3 +161,31 @@ def test_the_reporting_pages_take_a_costly_read_slot_like_the_api(app, keys):
         assert answer.status_code == 429 and "costly read" in answer.text
     finally:
         held.close()
+
+
+def test_longest_first_pages_through_every_finding_and_blocker_once(services, client, keys):
+    for _ in range(3):  # records that are stuck and blocked, beside whatever other tests left
+        stream_id = unique_id()
+        assert client.post(f"/case-studies/{stream_id}/events", headers=auth(keys["writer"]), json=[
+            {"type": "committed", "data": COMMITTED, "occurred_at": "2026-01-05T09:00:00Z"},
+            {"type": "started", "occurred_at": "2026-01-06T09:00:00Z"},
+            {"type": "approval_requested", "data": {"approvers": ["legal"]}, "occurred_at": "2026-01-07T09:00:00Z"},
+        ]).status_code == 201
+    project(services)
+
+    def every(kind: str, order: str) -> list[tuple]:
+        found, cursor = [], None
+        with services.projections.view() as view:
+            while True:
+                answer = getattr(view, kind)(limit=7, cursor=cursor, order=order)
+                found += [(item.id, item.finding.code) if kind == "stuck" else (item["id"], item["seq"])
+                          for item in answer.value]
+                if not (cursor := answer.next_cursor):
+                    return found
+
+    for kind in ("stuck", "blockers"):
+        longest, by_csm = every(kind, "longest"), every(kind, "csm")
+        assert len(longest) == len(set(longest)) and set(longest) == set(by_csm) and len(longest) >= 3
+    with services.projections.view() as view:
+        since = [row["since"] for row in view.blockers(order="longest").value]
+    assert since == sorted(since)  # blocked longest first, whoever the CSM
