@@ -17,10 +17,11 @@ class Verification:
         self.engine = engine
         self.store = store
 
-    def verify(self, stream_id: str) -> ChainCheck | None:
-        """Recompute one stream's chain and hold its head against the state table's."""
+    def verify(self, stream_id: str, *, stream: list | None = None) -> ChainCheck | None:
+        """Recompute one stream's chain and hold its head against the state table's (``stream``: its
+        events, when the caller has already read them all)."""
         heads = self._state_heads(stream_id)
-        stream = self.store.load(stream_id)
+        stream = self.store.load(stream_id) if stream is None else stream
         if not stream and stream_id not in heads:
             return None
         return _against_state(check_chain(stream_id, stream), heads.get(stream_id))

@@ -63,7 +63,7 @@ def _show(record, status: int = 200, refused: dict | None = None):
                     "newer": (url_for("ui.record", stream_id=stream_id, from_version=first + TIMELINE_PAGE)
                               if len(events) >= first + TIMELINE_PAGE else None),
                     "total": len(events)}
-        check = wired.verification.verify(stream_id)
+        check = wired.verification.verify(stream_id, stream=events)
     return render("record.html", status, record=record, labels=STATUS_LABELS,
                   readiness=readiness(record, wired.settings.candidate_kpi_improvement_pct),
                   threshold=wired.settings.candidate_kpi_improvement_pct,

@@ -35,6 +35,18 @@ def _grouped(items: list[dict]) -> list[tuple[str, list[dict]]]:
     return [(csm or "(no CSM)", list(group)) for csm, group in groupby(items, key=lambda item: item["csm"])]
 
 
+def _listing(template: str, kind: str, filters: dict, answer, items: list[dict], counts: dict, reference,
+             order: str, codes) -> tuple[str, int]:
+    """A stuck or blockers page: its rows (grouped by CSM in that order), counts, pages and CSV link."""
+    raw_as_of = request.args.get("as_of") or ""
+    given = {**filters, "as_of": raw_as_of}
+    return render(template, items=items, groups=_grouped(items) if order == "csm" else None, counts=counts,
+                  filters=filters, order=order, orders=ORDERS, codes=codes, labels=STATUS_LABELS,
+                  as_of=raw_as_of, reference=reference, position=answer.read_to.position,
+                  pages=_page_links(f"ui.{kind}", answer.next_cursor, **given, sort=order),
+                  csv=url_for(f"ui.{kind}_csv", **{key: value for key, value in given.items() if value}))
+
+
 @bp.get("/stuck")
 @page(*PROJECTION_READERS)
 @costly
@@ -43,19 +55,11 @@ def stuck():
     filters = {"csm": web.text("csm"), "code": web.choice("code", STUCK_CODES),
                "status": web.choice("status", STATUS_LABELS)}
     order = web.choice("sort", ORDERS) or "csm"
-    as_of = web.moment()
-    with services().projections.view(as_of=as_of) as view:
+    with services().projections.view(as_of=web.moment()) as view:
         answer = view.stuck(**filters, limit=PAGE, cursor=web.cursor(), order=order)
         counts = view.stuck_counts().value
-        reference = view.reference
-    items = [stuck_item(item) for item in answer.value]
-    raw_as_of = request.args.get("as_of") or ""
-    return render("stuck.html", items=items, groups=_grouped(items) if order == "csm" else None, counts=counts,
-                  filters=filters, order=order, orders=ORDERS, codes=STUCK_CODES, labels=STATUS_LABELS,
-                  as_of=raw_as_of, reference=reference, position=answer.read_to.position,
-                  pages=_page_links("ui.stuck", answer.next_cursor, **filters, sort=order, as_of=raw_as_of),
-                  csv=url_for("ui.stuck_csv", **{key: value for key, value in {**filters, "as_of": raw_as_of}.items()
-                                                 if value}))
+    return _listing("stuck.html", "stuck", filters, answer, [stuck_item(item) for item in answer.value], counts,
+                    view.reference, order, STUCK_CODES)
 
 
 @bp.get("/blockers")
@@ -65,19 +69,12 @@ def blockers():
     """What blocks publication, per record and counted per code; sortable and paginated."""
     filters = {"csm": web.text("csm"), "code": web.choice("code", BLOCKER_CODES)}
     order = web.choice("sort", ORDERS) or "csm"
-    as_of = web.moment()
-    with services().projections.view(as_of=as_of) as view:
+    with services().projections.view(as_of=web.moment()) as view:
         answer = view.blockers(**filters, limit=PAGE, cursor=web.cursor(), order=order)
         items = blocker_items(view, answer.value)
         counts = view.blocked_counts().value
-        reference = view.reference
-    raw_as_of = request.args.get("as_of") or ""
-    return render("blockers.html", items=items, groups=_grouped(items) if order == "csm" else None,
-                  counts=counts, filters=filters, order=order, orders=ORDERS, codes=BLOCKER_CODES,
-                  as_of=raw_as_of, reference=reference, position=answer.read_to.position,
-                  pages=_page_links("ui.blockers", answer.next_cursor, **filters, sort=order, as_of=raw_as_of),
-                  csv=url_for("ui.blockers_csv", **{key: value for key, value in {**filters, "as_of": raw_as_of}.items()
-                                                    if value}))
+    return _listing("blockers.html", "blockers", filters, answer, items, counts, view.reference, order,
+                    BLOCKER_CODES)
 
 
 @bp.get("/weekly")

@@ -306,7 +306,8 @@ def test_the_life_cycle_is_drawn_with_the_records_status_highlighted(context, si
 
 
 # -- acting from the page ---------------------------------------------------------------------------
-def submit(page, event_type: str, fields: dict[str, str] | None = None, checks: tuple[str, ...] = ()):
+def open_form(page, event_type: str, fields: dict[str, str] | None = None, checks: tuple[str, ...] = ()):
+    """The record page's form for ``event_type``, opened and filled in (not sent)."""
     form = page.locator(f"details.event-form:has(input[name=type][value={event_type}])")
     form.locator("summary").click()
     for name, value in (fields or {}).items():
@@ -317,7 +318,11 @@ def submit(page, event_type: str, fields: dict[str, str] | None = None, checks: 
             control.fill(value)
     for value in checks:
         form.locator(f"input[type=checkbox][value={value}]").check()
-    fresh(page, form.locator("button[type=submit]").click)
+    return form
+
+
+def submit(page, event_type: str, fields: dict[str, str] | None = None, checks: tuple[str, ...] = ()):
+    fresh(page, open_form(page, event_type, fields, checks).locator("button[type=submit]").click)
 
 
 def test_a_writer_takes_a_record_from_commitment_to_publication_through_the_forms(context, site):
@@ -368,10 +373,7 @@ def test_a_double_submit_stores_one_event(context, site):
     page, _ = sign_in(context, site, "writer")
     page.goto(site["base"] + "/ui/records/cs-000003")
     before = len(stream(site, "cs-000003"))
-    form = page.locator("details.event-form:has(input[name=type][value=quote_added])")
-    form.locator("summary").click()
-    form.locator("[name=text]").fill("It paid for itself.")
-    form.locator("[name=speaker]").fill("Kim Park")
+    form = open_form(page, "quote_added", {"text": "It paid for itself.", "speaker": "Kim Park"})
     fields = {name: form.locator(f"input[name={name}]").input_value()
               for name in ("csrf_token", "type", "event_id", "expected_version")}
     fresh(page, form.locator("button[type=submit]").dblclick)
@@ -442,10 +444,7 @@ def test_pages_read_and_forms_post_without_javascript(browser, site):
         page, _ = sign_in(context, site, "writer")
         page.goto(site["base"] + "/ui/records/cs-000005")
         before = len(stream(site, "cs-000005"))
-        form = page.locator("details.event-form:has(input[name=type][value=quote_added])")
-        form.locator("summary").click()
-        form.locator("[name=text]").fill("Works without scripts.")
-        form.locator("[name=speaker]").fill("Kim Park")
+        form = open_form(page, "quote_added", {"text": "Works without scripts.", "speaker": "Kim Park"})
         form.locator("button[type=submit]").click()
         page.wait_for_url(re.compile(r"/ui/records/cs-000005$"))
         assert "Stored: quote_added" in page.locator(".messages").inner_text()
