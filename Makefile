@@ -37,16 +37,24 @@ $(VENDOR)/MANIFEST.json: package.json package-lock.json | $(BIN)/python
 
 assets: $(VENDOR)/MANIFEST.json
 
-migrate: $(VENV)/.runtime
-	$(BIN)/casestudies db upgrade
+migrate: $(VENV)/.runtime var/personal-data-key
+	PERSONAL_DATA_KEY="$${PERSONAL_DATA_KEY:-$$(cat var/personal-data-key)}" $(BIN)/casestudies db upgrade
 
 # The secret that signs dashboard sign-ins, made once and kept (readable by this user only), so that
 # a restart does not sign everyone out.
 var/session-secret:
 	@mkdir -p var && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 
-run: migrate assets var/session-secret
-	SESSION_SECRET="$$(cat var/session-secret)" $(BIN)/casestudies serve --host $(HOST) --port $(PORT)
+# The master key of the personal data in the embedded database, made once and kept beside it
+# (readable by this user only). Lose it and no personal field can be read again: back it up apart
+# from the database. A server of your own takes PERSONAL_DATA_KEY from its environment instead.
+var/personal-data-key: | $(VENV)/.runtime
+	@mkdir -p var && umask 077 && $(BIN)/casestudies people new-key > $@
+	@echo "made $@: the master key of personal data for the embedded database (back it up apart from var/casestudies.db)"
+
+run: migrate assets var/session-secret var/personal-data-key
+	SESSION_SECRET="$$(cat var/session-secret)" PERSONAL_DATA_KEY="$${PERSONAL_DATA_KEY:-$$(cat var/personal-data-key)}" \
+		$(BIN)/casestudies serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev assets
 	$(BIN)/ruff check --quiet service tests bench alembic

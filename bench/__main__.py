@@ -1,5 +1,6 @@
 """Run the benchmarks end to end and print a summary:
-``python -m bench [http] [length] [store] [batch] [breakdown] [projections] [slow] [faults] [dashboard]``.
+``python -m bench [http] [length] [store] [batch] [breakdown] [projections] [slow] [faults] [dashboard]
+[personal]``.
 
 With no arguments everything runs. Raw results go to bench/results/latest.json. Raw results go to
 bench/results/latest.json.
@@ -27,6 +28,7 @@ RUNS = {
     "slow": ("slow_clients", "(f) slow clients against the proxy in front of serve"),
     "faults": ("faults", "(g) the fault suite: workers, PostgreSQL and helpers killed under load"),
     "dashboard": ("dashboard", "(h) the dashboard's pages at scale, on PostgreSQL"),
+    "personal": ("personal_data", "(i) sealing personal data: the store's append with and without it"),
 }
 PARTS = tuple(RUNS)
 
@@ -202,6 +204,20 @@ def summary(results: dict) -> str:
             rows.append((f"    page {name.replace('_', ' ')} / the API answer it shows, p95",
                          f"{ui['pages'][name]['p95_ms']:.1f} / {x['p95_ms']:.1f} ms", f"{x['page_to_api_p95']:.2f}x",
                          "(info)", ""))
+
+    sealing = results.get("personal")
+    if sealing:
+        labels = {"i1_nps_known_person": "nps_recorded, a person seen before (one sealed field)",
+                  "i1w_quote_20_quotes_kept": "quote_added on a record keeping 20 quotes (worst case)",
+                  "i2_committed_new_person": "committed with a new champion (her key made)",
+                  "i3_no_personal_field": "metrics_recorded (nothing to seal)"}
+        for case, label in labels.items():
+            x = sealing[case]
+            target = x.get("target")
+            rows.append((f"(i) store append, sealed vs today's, PostgreSQL: {label}",
+                         f"today {x['plain']['events_per_s']:.0f} ev/s, sealed {x['sealed']['events_per_s']:.0f} ev/s",
+                         f"{x['ratio']:.2f}x (median round {x['median_round_ratio']:.2f}x)",
+                         f">= {target:.2f}x" if target else "(info)", _yes(x["met"]) if target else ""))
 
     proj = results.get("projections")
     if proj:

@@ -1,6 +1,7 @@
 """Shared helpers: fresh PostgreSQL databases, quiet logging, payloads, statistics."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 import psycopg
+
+# The master key of personal data for every benchmark and the servers and commands it starts
+# (a fresh one per run: benchmark databases are dropped afterwards).
+os.environ.setdefault("PERSONAL_DATA_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

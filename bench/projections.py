@@ -73,7 +73,7 @@ def _child(kind: str, url: str) -> dict:
     from service.events.event import EVENT_COLUMNS, stored_event
     from service.events.tables import events
 
-    services = build(Settings(database_url=url))
+    services = build(Settings(database_url=url, personal_data_key=os.environ["PERSONAL_DATA_KEY"]))
     with services.engine.connect() as conn:
         conn.execute(text("select 1"))
     out: dict[str, Any] = {"kind": kind}

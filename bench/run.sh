@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every benchmark end to end and print the summary table (about 15 minutes).
 #   bench/run.sh                 # all parts
-#   bench/run.sh http store      # some parts: http, length, store, batch, breakdown, projections, slow, faults
+#   bench/run.sh http store      # some parts: http, length, store, batch, breakdown, projections, slow, faults,
+#                                dashboard, personal
 # Needs: the project's venv (.venv, as `make test` creates it, with the dev extras:
 # pytest and eventsourcing[postgres]), PostgreSQL at BENCH_PG_URL
 # (default postgresql://postgres@127.0.0.1:5432, a role allowed to CREATE DATABASE), and

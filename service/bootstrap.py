@@ -16,6 +16,8 @@ from service.links import Links
 from service.notifications.outbox import Outbox, OutboxPlanner
 from service.notifications.subscriptions import Subscriptions
 from service.notifications.targets import Targets, parse_networks
+from service.people.erasure import People
+from service.people.subjects import Unkeyed
 from service.projections.projectors import projectors
 from service.projections.queries import Projections
 from service.projections.records import Records
@@ -37,6 +39,7 @@ class Services:
     projections: Projections
     subscriptions: Subscriptions
     outbox: Outbox
+    people: People | None  # None without PERSONAL_DATA_KEY
 
 
 def build(settings: Settings, engine: Engine | None = None, *, serving: bool = False) -> Services:
@@ -50,7 +53,11 @@ def build(settings: Settings, engine: Engine | None = None, *, serving: bool = F
     # The outbox takes part in every append: its messages are written in the append's transaction.
     planner = OutboxPlanner(subscriptions, slack=settings.slack_webhook_url is not None, links=links,
                             kpi_threshold_pct=settings.candidate_kpi_improvement_pct)
-    store = EventStore(engine, cache_size=settings.state_cache_size, participant=planner)
+    # Personal fields are sealed before every append is decided: nothing below sees them in clear.
+    people = (People(engine, lambda: store, settings.personal_data_key, cache_seconds=settings.subject_cache_seconds)
+              if settings.personal_data_key else None)
+    store = EventStore(engine, cache_size=settings.state_cache_size, participant=planner,
+                       sealer=people.sealer if people else Unkeyed())
     feed = Feed(engine)
     runner = ProjectionRunner(engine, feed, projectors(settings.candidate_kpi_improvement_pct, settings.stuck))
     return Services(
@@ -68,6 +75,7 @@ def build(settings: Settings, engine: Engine | None = None, *, serving: bool = F
                                 wait_seconds=settings.read_wait_seconds),
         subscriptions=subscriptions,
         outbox=Outbox(engine),
+        people=people,
     )
 
 
@@ -75,5 +83,7 @@ def dispatcher(services: Services):
     """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
     from service.notifications.dispatcher import Dispatcher
 
+    people = services.people
     return Dispatcher(services.engine, services.subscriptions, services.projections, services.settings.notify,
-                      slack_webhook_url=services.settings.slack_webhook_url, links=services.links)
+                      slack_webhook_url=services.settings.slack_webhook_url, links=services.links,
+                      reveal=(lambda body: people.opener().json(body)) if people else None)

@@ -7,6 +7,8 @@ default is written once, where the setting is declared: here, or in the group's 
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -37,6 +39,22 @@ def _lower(value: Any) -> Any:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
+def master_key_bytes(text: str) -> bytes:
+    """The 32 bytes of a personal data master key given as base64url; ValueError saying what is wrong."""
+    try:
+        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64url of 32 random bytes (`casestudies people new-key` makes one)") from None
+    if len(raw) != 32:
+        raise ValueError(f"must be 32 bytes once decoded, not {len(raw)} (`casestudies people new-key` makes one)")
+    return raw
+
+
+def _master_key(value: str) -> str:
+    master_key_bytes(value)
+    return value.strip()
+
+
 def _networks(value: Any) -> Any:
     """A comma-separated list of IP addresses or networks, each one checked."""
     if isinstance(value, str):
@@ -63,6 +81,8 @@ class DeliverySettings:
     timeout_seconds: Seconds = 10.0
     lease_seconds: Seconds = 60.0
     stuck_scan_seconds: Seconds = 3600.0  # 0: never scan
+    # sent messages are deleted this long after delivery (dead ones stay until retried or discarded)
+    retention_days: Annotated[float, Field(gt=0, le=36_500, allow_inf_nan=False)] = 30.0
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 3 * self.timeout_seconds:
@@ -99,6 +119,10 @@ class Settings(BaseSettings):
     # makes one for its run when it is not set, `make run` keeps one in var/session-secret)
     session_secret: Annotated[str, Field(min_length=32)] | None = Field(default=None, repr=False)
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # a dashboard sign-in lasts this long
+    # the master key of personal data (base64url of 32 random bytes: `casestudies people new-key`);
+    # people's keys are kept encrypted under it. Without it, events naming a person are refused.
+    personal_data_key: Annotated[str, AfterValidator(_master_key)] | None = Field(default=None, repr=False)
+    subject_cache_seconds: Seconds = 30.0  # how long a writer remembers a person's key
     notify: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @model_validator(mode="before")

@@ -47,6 +47,7 @@ def metadata() -> MetaData:
     from service.access import tables as access_tables  # noqa: F401 (each declares its tables)
     from service.events.tables import metadata as shared
     from service.notifications import tables as notification_tables  # noqa: F401
+    from service.people import tables as people_tables  # noqa: F401
     from service.projections import tables as projection_tables  # noqa: F401
 
     return shared

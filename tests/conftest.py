@@ -26,6 +26,9 @@ from service.events.db import normalise_url
 
 BACKENDS = ("sqlite", "postgres")
 
+# The master key of personal data in every test, and in the servers and commands they start.
+PERSONAL_DATA_KEY = os.environ.setdefault("PERSONAL_DATA_KEY", "dGVzdHMtb25seS1tYXN0ZXIta2V5LTMyLWJ5dGVzISE=")
+
 
 def _postgres_server() -> tuple[str | None, str]:
     """The admin URL of the test PostgreSQL server, or None and why not."""
@@ -134,7 +137,7 @@ def fresh_database(request, tmp_path) -> Iterator[Database]:
 
 @pytest.fixture(scope="session")
 def services(database) -> Services:
-    settings = Settings(database_url=database.url, log_format="json")
+    settings = Settings(database_url=database.url, log_format="json", personal_data_key=PERSONAL_DATA_KEY)
     return build(settings, engine=database.engine)
 
 

@@ -29,6 +29,7 @@ def register(app: Flask) -> None:
         machine,
         metrics,
         openapi,
+        people,
         projections,
         reports,
         requestlog,
@@ -36,6 +37,7 @@ def register(app: Flask) -> None:
 
     requestlog.register(app)
     headers.register(app)
+    people.register(app)  # after headers' in the list, so it runs before them: the CSP hashes the page as sent
     errors.register(app)
     metrics.register(app)
     app.register_blueprint(health.bp)
@@ -47,4 +49,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(integrations.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(machine.bp)
+    app.register_blueprint(people.bp)
     openapi.register(app)

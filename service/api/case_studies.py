@@ -12,6 +12,7 @@ from service.api import params, services
 from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
+from service.api.people import keep_sealed
 from service.api.problems import Problem
 from service.api.representation import record_json
 from service.domain import STATUS_LABELS
@@ -155,10 +156,15 @@ def get_record(stream_id: str, as_of):
 @describe(responses={200: doc.EventsPage}, errors=("invalid_event", "not_found"))
 @requires(*AUDITORS)
 @params.accepts(params.Number("from_version", "the first version to return", default=1, low=1, high=2**31 - 1),
-                params.Number("limit", "events per page", default=EVENTS_PAGE, low=1, high=EVENTS_PAGE))
-def get_events(stream_id: str, from_version: int, limit: int):
+                params.Number("limit", "events per page", default=EVENTS_PAGE, low=1, high=EVENTS_PAGE),
+                params.OneOf("data", "revealed (default): personal fields in clear, or as erased; stored: "
+                             "as stored and hashed (sealed), to recompute the chain outside the service",
+                             ("revealed", "stored"), arg="form"))
+def get_events(stream_id: str, from_version: int, limit: int, form):
     """The stream, oldest first, every field of each event; paged by version."""
     checked_stream_id(stream_id)
+    if form == "stored":
+        keep_sealed()
     store = services().store
     events = store.load(stream_id, from_version=from_version, limit=limit + 1)
     if not events and (from_version == 1 or store.record(stream_id) is None):
@@ -166,7 +172,8 @@ def get_events(stream_id: str, from_version: int, limit: int):
     more = len(events) > limit
     events = events[:limit]
     next_url = (url_for("case_studies.get_events", stream_id=stream_id,
-                        from_version=events[-1].version + 1, limit=limit) if more else None)
+                        from_version=events[-1].version + 1, limit=limit, **({"data": form} if form else {}))
+                if more else None)
     return {"id": stream_id, "events": [event.to_dict() for event in events], "next": next_url}
 
 

@@ -20,6 +20,7 @@ from service.events.errors import (
 from service.events.feed import UnknownPosition
 from service.events.schemas import InvalidEvent, NotJson
 from service.intake.deals import DealConflict, InvalidDeal
+from service.people.subjects import PersonalDataKeyMissing
 from service.projections.queries import ProjectionBehind
 
 log = structlog.get_logger("casestudies.api")
@@ -70,6 +71,9 @@ def to_problem(error: Exception) -> Problem:
                            parameter="min_position")
         case BadCursor():
             return Problem("invalid_parameter", str(error), parameter="cursor")
+        case PersonalDataKeyMissing():
+            log.error("personal_data_key_missing")
+            return Problem("personal_data_key_missing", str(error))
         case StreamCorrupt():
             log.error("stream_corrupt", detail=str(error))
             return Problem("stream_corrupt", "a stored stream could not be replayed; "

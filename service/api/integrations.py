@@ -12,7 +12,7 @@ from service.api import responses as doc
 from service.api.auth import requires
 from service.api.openapi import Body, describe
 from service.api.problems import Problem
-from service.domain import EVENT_TYPES
+from service.domain import EVENT_TYPES, SYSTEM_EVENT_TYPES
 from service.events.schemas import Url
 from service.intake import deals
 from service.links import record_path
@@ -43,7 +43,7 @@ def post_deal():
 
 
 # -- outgoing webhooks ---------------------------------------------------------------------------
-SUBSCRIBABLE = (ALL_TYPES, *EVENT_TYPES)  # what a subscription may ask for
+SUBSCRIBABLE = (ALL_TYPES, *EVENT_TYPES, *SYSTEM_EVENT_TYPES)  # what a subscription may ask for
 
 
 class WebhookRequest(BaseModel):
@@ -149,3 +149,16 @@ def retry_notification(message_id: int):
         raise Problem("not_dead", f"notification {message_id} is {found.status}; only dead ones are retried",
                       status_now=found.status)
     return _message(message_id).to_dict()
+
+
+@bp.delete("/notifications/<int:message_id>")
+@describe(responses={200: doc.Notification}, errors=("not_found", "not_dead"))
+@requires(*ADMINS)
+def discard_notification(message_id: int):
+    """Delete a dead message for good (its payload too); answers the message as it was."""
+    discarded = services().outbox.discard(message_id)
+    if discarded is None:
+        found = _message(message_id)  # 404 when there is no such message at all
+        raise Problem("not_dead", f"notification {message_id} is {found.status}; only dead ones are discarded",
+                      status_now=found.status)
+    return discarded.to_dict()

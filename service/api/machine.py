@@ -14,7 +14,7 @@ from service.api import responses as doc
 from service.api.openapi import Body, describe
 from service.domain import STATUS_LABELS
 from service.domain.machine import NEW, mermaid, table
-from service.events.schemas import DATA_SCHEMAS, data_fields
+from service.events.schemas import DATA_SCHEMAS, SYSTEM_SCHEMAS, data_fields
 
 bp = Blueprint("machine", __name__)
 
@@ -22,15 +22,17 @@ FORMATS = ("json", "mermaid", "md")
 
 
 def description() -> dict[str, Any]:
-    """Statuses, and each event with its data and its transitions (from, to, guards)."""
+    """Statuses, and each event with its data and its transitions (from, to, guards); ``by`` says who
+    appends it: a client, or the service itself (an erasure's ``personal_data_erased``)."""
     rows = table()
     return {
         "initial": NEW,
         "statuses": [{"status": status, "label": label} for status, label in STATUS_LABELS.items()],
         "events": [{"type": event_type, "data": data_fields(model),
+                    "by": "service" if event_type in SYSTEM_SCHEMAS else "client",
                     "transitions": [{key: row[key] for key in ("from", "to", "guards")}
                                     for row in rows if row["event"] == event_type]}
-                   for event_type, model in DATA_SCHEMAS.items()],
+                   for event_type, model in {**DATA_SCHEMAS, **SYSTEM_SCHEMAS}.items()],
         "mermaid": mermaid(),
     }
 
@@ -42,7 +44,8 @@ def events_table() -> str:
         for index, move in enumerate(event["transitions"]):
             first = index == 0
             guards = "; ".join(guard["rule"] for guard in move["guards"]) or "–"
-            lines.append(f"| {'`' + event['type'] + '`' if first else ''} | {', '.join(move['from'])} | "
+            name = f"`{event['type']}`" + (" (by the service)" if event["by"] == "service" else "")
+            lines.append(f"| {name if first else ''} | {', '.join(move['from'])} | "
                          f"{move['to'] or '(stays)'} | {guards} | {(event['data'] or '–') if first else ''} |")
     return "\n".join(lines) + "\n"
 

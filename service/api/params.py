@@ -12,7 +12,7 @@ from flask import Response, request
 from pydantic import ValidationError
 
 from service.api.problems import Problem
-from service.domain import EVENT_TYPES
+from service.domain import EVENT_TYPES, SYSTEM_EVENT_TYPES
 from service.events.schemas import error_list
 from service.spreadsheets import write_csv
 from service.times import EARLIEST, FORMS, LATEST, YEARS_PATTERN, parse_moment
@@ -184,19 +184,22 @@ class Text(Query):
         return {"type": "string", "minLength": 1, "maxLength": self.max_length, "pattern": r"^[^\x00-\x1f\x7f]+$"}
 
 
+RECORDED_TYPES = (*EVENT_TYPES, *SYSTEM_EVENT_TYPES)  # what the store holds: clients' events and the service's
+
+
 class EventTypes(Query):
     """Event types, the parameter repeated or comma-separated."""
 
     def parse(self):
         types = [t for raw in request.args.getlist(self.name) for t in raw.split(",") if t]
-        unknown = [t for t in types if t not in EVENT_TYPES]
+        unknown = [t for t in types if t not in RECORDED_TYPES]
         if unknown:
-            raise Problem("invalid_parameter", f"{self.name} must be event types ({', '.join(EVENT_TYPES)}); "
+            raise Problem("invalid_parameter", f"{self.name} must be event types ({', '.join(RECORDED_TYPES)}); "
                           f"unknown: {', '.join(unknown[:5])}"[:500], parameter=self.name)
         return types or None
 
     def schema(self) -> dict:
-        return {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}}
+        return {"type": "array", "items": {"type": "string", "enum": list(RECORDED_TYPES)}}
 
     def openapi(self) -> dict:
         return {**super().openapi(), "style": "form", "explode": True}

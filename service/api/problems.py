@@ -36,6 +36,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "internal_error": (500, "Internal error"),
     "stream_corrupt": (500, "Stored stream cannot be replayed"),
     "database_unavailable": (503, "Database unavailable"),
+    "personal_data_key_missing": (503, "Personal data cannot be stored: no master key"),
     "not_ready": (503, "Service not ready"),
     "projection_behind": (503, "Projections not there yet"),
     "service_unavailable": (503, "Service unavailable"),  # answered by the proxy (deploy/) when the API is not

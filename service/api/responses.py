@@ -261,3 +261,29 @@ class Notifications(_Answer):
     next: str | None
     counts: dict[str, dict[str, int]]
     oldest_pending_at: str | None
+
+
+class ErasureReceipt(_Answer):
+    """What an erasure did: the records and fields made unreadable, the outbox messages redacted or
+    purged, the copies already delivered outside the service, when and by whom; signed."""
+
+    id: str
+    subject: str
+    reason: str
+    requested_by: str
+    erased_at: str
+    completed_at: str | None
+    records: list[Json]
+    outbox: Json
+    beyond_reach: list[Json]
+
+
+class PersonalData(_Answer):
+    """Everything held about a person, decrypted: each record's fields, messages still waiting to be
+    sent with their data, and the ids of erasure receipts about them."""
+
+    asked_by: str
+    subject: str | None
+    records: list[Json]
+    outbox: list[Json]
+    erasures: list[str]

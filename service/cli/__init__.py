@@ -13,6 +13,7 @@ from service.cli.imports import import_
 from service.cli.keys import keys
 from service.cli.machine import machine
 from service.cli.notifications import notifications
+from service.cli.people import people
 from service.cli.projections import projections
 from service.cli.reports import report
 from service.cli.serve import serve
@@ -24,5 +25,5 @@ def main() -> None:
     """Case study pipeline service. Settings come from the environment (see the README)."""
 
 
-for command in (serve, db, keys, audit, projections, import_, notifications, webhooks, report, machine):
+for command in (serve, db, keys, audit, projections, import_, notifications, webhooks, report, machine, people):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""``casestudies notifications``: run the dispatcher, list the outbox, retry dead messages."""
+"""``casestudies notifications``: run the dispatcher, list the outbox, retry or discard dead messages."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ from service.cli.common import database_errors, services, stop_on_signals
 
 @click.group()
 def notifications() -> None:
-    """The outbox of Slack messages and webhook deliveries: run the dispatcher, list, retry."""
+    """The outbox of Slack messages and webhook deliveries: run the dispatcher, list, retry, discard."""
 
 
 @notifications.command("run")
@@ -55,3 +55,17 @@ def notifications_retry(message_id: int | None, all_dead: bool) -> None:
     if message_id is not None and count == 0:
         raise click.ClickException(f"no dead message {message_id}")
     click.echo(f"{count} messages queued again")
+
+
+@notifications.command("discard")
+@click.argument("message_id", type=int)
+def notifications_discard(message_id: int) -> None:
+    """Delete a dead message for good (it will not be sent); pending and sent ones are refused."""
+    wired = services()
+    with database_errors():
+        discarded = wired.outbox.discard(message_id)
+        if discarded is None:
+            found = wired.outbox.get(message_id)
+            raise click.ClickException(f"message {message_id} is {found.status}; only dead ones are discarded"
+                                       if found else f"no message {message_id}")
+    click.echo(f"message {message_id} discarded ({discarded.destination} {discarded.kind})")

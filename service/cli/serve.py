@@ -34,6 +34,11 @@ def serve(host: str, port: int, workers: int, threads: int, timeout: int, projec
           notifications: bool) -> None:
     """Serve the API with gunicorn, and keep it and the helpers beside it running."""
     chosen = settings()
+    if chosen.personal_data_key is None:
+        raise click.ClickException(
+            "PERSONAL_DATA_KEY is not set: it is the master key under which the personal data in records is "
+            "kept. Make one with `casestudies people new-key`, keep it safe and set it (see the README, "
+            "\"Personal data\"); `make run` keeps one in var/personal-data-key")
     # One folder for this server's run: each gunicorn worker's metrics (summed by whichever worker
     # answers a scrape) and what the supervisor and helpers report. Set before anything imports
     # prometheus_client.

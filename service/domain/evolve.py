@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from service.domain.model import QUOTES_KEPT, CaseStudy, Event, Status
+from service.domain.model import QUOTES_KEPT, SYSTEM_EVENT_TYPES, CaseStudy, Event, Status
 
 
 def _committed(record: CaseStudy, data: Mapping[str, Any]) -> None:
@@ -113,6 +113,7 @@ _EVOLVERS: dict[str, Callable[[CaseStudy, Mapping[str, Any]], None]] = {
     "nps_recorded": _nps_recorded,
     "shared_with_champion": _shared_with_champion,
     "views_reported": _views_reported,
+    "personal_data_erased": _nothing,  # the data stays, unreadable: its key is gone
 }
 
 
@@ -123,6 +124,8 @@ def evolve(record: CaseStudy, event: Event, status_before: str) -> None:
         record.held_at = event.occurred_at
     _EVOLVERS[event.type](record, event.data)
     record.version = event.version
+    if event.type in SYSTEM_EVENT_TYPES:
+        return  # no activity: the record did not move
     record.last_activity_at = event.occurred_at
     record.last_event_type = event.type
     if event.type == "committed":

@@ -14,7 +14,7 @@ from transitions import Machine, MachineError
 from service.domain import guards
 from service.domain.errors import GuardFailed, StreamCorrupt, TransitionNotAllowed
 from service.domain.evolve import evolve
-from service.domain.model import EVENT_TYPES, STATUS_LABELS, CaseStudy, Event, Status
+from service.domain.model import EVENT_TYPES, STATUS_LABELS, SYSTEM_EVENT_TYPES, CaseStudy, Event, Status
 
 NEW = Status.NEW.value
 NOT_STARTED = Status.NOT_STARTED.value
@@ -47,6 +47,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "nps_recorded", "source": LIVE, "dest": None},
     {"trigger": "shared_with_champion", "source": PUBLISHED, "dest": None},
     {"trigger": "views_reported", "source": PUBLISHED, "dest": None},
+    # Appended by an erasure of personal data, whatever the record's status.
+    {"trigger": "personal_data_erased", "source": [*LIVE, DECLINED], "dest": None},
 ]
 
 MACHINE = Machine(
@@ -58,14 +60,15 @@ MACHINE = Machine(
     send_event=True,
 )
 
-_ALLOWED: dict[str, list[str]] = {
-    status.value: MACHINE.get_triggers(status.value) for status in Status
+_ALLOWED: dict[str, list[str]] = {  # what a client may post: the service's own events are left out
+    status.value: [name for name in MACHINE.get_triggers(status.value) if name not in SYSTEM_EVENT_TYPES]
+    for status in Status
 }
-assert set(MACHINE.events) == set(EVENT_TYPES), "the machine and EVENT_TYPES disagree"
+assert set(MACHINE.events) == {*EVENT_TYPES, *SYSTEM_EVENT_TYPES}, "the machine and EVENT_TYPES disagree"
 
 
 def allowed_events(status: str) -> list[str]:
-    """The event types the machine has a transition for in ``status`` (guards aside)."""
+    """The event types a client may post in ``status``, as the machine allows (guards aside)."""
     return list(_ALLOWED[status])
 
 

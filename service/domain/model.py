@@ -49,6 +49,10 @@ EVENT_TYPES: tuple[str, ...] = (
     "views_reported",
 )
 
+# Events the service itself appends, never a client: allowed in every status of a record, they
+# change no status and count as no activity (an erasure does not move a record along).
+SYSTEM_EVENT_TYPES: tuple[str, ...] = ("personal_data_erased",)
+
 
 class Event(Protocol):
     """What replay needs of an event; the store's stored events satisfy it."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -22,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.domain import APPROVER_ROLES, EVENT_TYPES
+from service.domain import APPROVER_ROLES, EVENT_TYPES, SYSTEM_EVENT_TYPES
 from service.domain.machine import table
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -53,6 +54,17 @@ Number = Annotated[float, Field(allow_inf_nan=False, ge=-METRIC_LIMIT, le=METRIC
 
 
 
+@dataclass(frozen=True)
+class Personal:
+    """Marks a field that holds a person's data, and whose: the role of that person in the event.
+
+    ``identifies`` says how the person is asked for: by ``email``, else by ``name`` within the
+    record's account. The marked fields are stored encrypted under their person's key."""
+
+    whose: Literal["champion", "approver", "speaker", "respondent"]
+    identifies: Literal["email", "name"] | None = None
+
+
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -63,9 +75,9 @@ class Account(_Data):
 
 
 class Champion(_Data):
-    name: Name
-    title: Name
-    email: Email | None = None
+    name: Annotated[Name, Personal("champion", identifies="name")]
+    title: Annotated[Name, Personal("champion")]
+    email: Annotated[Email | None, Personal("champion", identifies="email")] = None
 
 
 class CommittedData(_Data):
@@ -105,14 +117,14 @@ class ApprovalRequestedData(_Data):
 
 class ApprovalGrantedData(_Data):
     role: Role
-    approver: Name
+    approver: Annotated[Name, Personal("approver", identifies="name")]
     comment: Text | None = None
 
 
 class ChangesRequestedData(_Data):
     role: Role
     comment: Text
-    approver: Name | None = None
+    approver: Annotated[Name | None, Personal("approver", identifies="name")] = None
 
 
 class PublishedData(_Data):
@@ -139,13 +151,13 @@ class MetricsRecordedData(_Data):
 
 
 class QuoteAddedData(_Data):
-    text: Text
-    speaker: Name
+    text: Annotated[Text, Personal("speaker")]  # what a person said is theirs
+    speaker: Annotated[Name, Personal("speaker", identifies="name")]
 
 
 class NpsRecordedData(_Data):
     score: Annotated[Whole, Field(ge=0, le=10)]
-    respondent: Name | None = None
+    respondent: Annotated[Name | None, Personal("respondent", identifies="name")] = None
 
 
 class SharedWithChampionData(_Data):
@@ -174,6 +186,51 @@ DATA_SCHEMAS: dict[str, type[_Data]] = {
     "views_reported": ViewsReportedData,
 }
 assert set(DATA_SCHEMAS) == set(EVENT_TYPES)
+
+
+class PersonalDataErasedData(_Data):
+    """Appended by an erasure, never by a client: whose data became unreadable, and where. It holds
+    no personal data itself."""
+
+    subject: str  # the data subject's id (random, not derived from the person)
+    erasure: str  # the erasure receipt's id
+    erased_on: date
+    fields: list[str]  # "<version>:<path>" of each field of this stream that held the person's data
+
+
+SYSTEM_SCHEMAS: dict[str, type[_Data]] = {"personal_data_erased": PersonalDataErasedData}
+assert set(SYSTEM_SCHEMAS) == set(SYSTEM_EVENT_TYPES)
+
+
+@dataclass(frozen=True)
+class PersonalField:
+    """A field of an event type's data that holds a person's data: its path in ``data``."""
+
+    path: tuple[str, ...]
+    whose: str
+    identifies: str | None
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+
+def _personal_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[PersonalField]:
+    found = []
+    for name, info in model.model_fields.items():
+        marks = [mark for mark in info.metadata if isinstance(mark, Personal)]
+        if marks:
+            found.append(PersonalField((*prefix, name), marks[0].whose, marks[0].identifies))
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found += _personal_fields(info.annotation, (*prefix, name))
+    return found
+
+
+# The one list of personal fields, read from the schemas' marks: every other part reads it here.
+PERSONAL_FIELDS: dict[str, tuple[PersonalField, ...]] = {
+    event_type: tuple(fields) for event_type, model in DATA_SCHEMAS.items()
+    if (fields := _personal_fields(model))
+}
 
 
 class _Envelope(BaseModel):

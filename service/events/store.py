@@ -7,9 +7,11 @@ The database enforces it: the conditional write, ``unique(stream_id, version)``,
 ``unique(event_id)`` and the state table's primary key each refuse a second winner. A writer
 that lost a race decides again on the new state, unless it asked for an expected version.
 
-The store knows no capability. Its one seam is a *participant*, wired in bootstrap.py (the
-outbox's planner): for each append it plans rows of a table of its own, which the store writes
+The store knows no capability. It has two seams, wired in bootstrap.py. A *participant* (the
+outbox's planner) plans, for each append, rows of a table of its own, which the store writes
 with the events in the same transaction (on PostgreSQL, the same statement), or not at all.
+A *sealer* (personal data's) rewrites the events' data before they are decided: what the
+domain decides on, the chain hashes and the tables keep is the sealed form.
 """
 from __future__ import annotations
 
@@ -76,6 +78,14 @@ class Plan(Protocol):
         """Rows of the participant's table that the append writes with ``events`` (the record as after them)."""
 
 
+class Sealing(Protocol):
+    """Rewrites the data of events before they are decided (personal fields become tokens)."""
+
+    def seal(self, stream_id: str, new_events: Sequence[NewEvent],
+             account_of: Callable[[], str | None]) -> Sequence[NewEvent]:
+        """The events as they are to be stored; ``account_of`` gives the record's account id."""
+
+
 class Participant(Protocol):
     """Writes rows of ``table`` in every append's transaction: the store's one seam.
 
@@ -132,10 +142,11 @@ def _check_expectations(record: CaseStudy, first_type: str, expected_version: in
 class EventStore:
     """Append to and read from the events table; keeps the state table in step."""
 
-    def __init__(self, engine: Engine, *, participant: Participant | None = None,
+    def __init__(self, engine: Engine, *, participant: Participant | None = None, sealer: Sealing | None = None,
                  clock: Callable[[], datetime] = utcnow, cache_size: int = 10_000):
         self.engine = engine
         self.participant = participant
+        self.sealer = sealer
         self.clock = clock
         self._writer = writer_for(engine, participant.table if participant else None)
         self.cache_size = cache_size
@@ -166,7 +177,10 @@ class EventStore:
 
     def _append(self, stream_id: str, new_events: Sequence[NewEvent], actor: str,
                 expected_version: int | None) -> AppendResult:
-        digests = [event.digest(stream_id) for event in new_events]
+        digests = [event.digest(stream_id) for event in new_events]  # of what was asked, before sealing
+        if self.sealer is not None:
+            with translated():
+                new_events = self.sealer.seal(stream_id, new_events, lambda: self._account_of(stream_id))
         plan = self.participant.prepare() if self.participant is not None else None
         attempt, use_cache = 0, True
         while attempt < MAX_ATTEMPTS:
@@ -237,6 +251,14 @@ class EventStore:
             positions = session.write(stream_id, version_before, decided, state, state_json, companion)
         stored = tuple(event.stored(position) for event, position in zip(decided, positions))
         return AppendResult(stream_id, record, stored, created=True), (state_json, decided[-1].hash)
+
+    def _account_of(self, stream_id: str) -> str | None:
+        """The record's account id, for the sealer; StreamNotFound for a record that does not exist."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(case_studies.c.account_id).where(case_studies.c.id == stream_id)).first()
+        if row is None:
+            raise StreamNotFound(stream_id)
+        return row.account_id
 
     def _remember(self, stream_id: str, entry: tuple[str, str]) -> None:
         if not self.cache_size:

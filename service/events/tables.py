@@ -110,7 +110,29 @@ case_studies = Table(
     Index("ix_case_studies_status", "status"),
     Index("ix_case_studies_csm", "csm"),
     Index("ix_case_studies_account_id", "account_id"),
-    postgresql_with={"fillfactor": 70},
+    postgresql_with={"fillfactor": 70, "toast_tuple_target": 8160},
+)
+
+
+# When stored events were sealed anew (personal data encrypted in events stored before the service
+# sealed it: migration 0006), their hashes changed: each event's old and new hash are kept here,
+# bound by the signed receipt in ``reseals``, so that a digest taken before still checks out.
+chain_reseals = Table(
+    "chain_reseals",
+    metadata,
+    Column("stream_id", StreamId, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("old_hash", String(64), nullable=False),
+    Column("new_hash", String(64), nullable=False),
+    Column("reseal_id", String(36), nullable=False),
+)
+
+reseals = Table(
+    "reseals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("receipt", JSON(), nullable=False),
 )
 
 

@@ -12,7 +12,10 @@ again. Delivery is therefore at least once; a receiver recognises a repeat by th
 ``id`` (Slack cannot, so a crash in that window can post one message twice).
 
 It also looks for records that have become stuck (time passing makes them so, not an event)
-and announces each finding once, in one Slack message per scan.
+and announces each finding once, in one Slack message per scan, and deletes delivered messages
+once they are older than ``NOTIFY_RETENTION_DAYS`` (their payloads name people and customers):
+in small batches, each its own short transaction, so that no purge holds locks for long. Dead
+messages stay until an admin retries or discards them; pending ones are never purged.
 """
 from __future__ import annotations
 
@@ -55,6 +58,9 @@ SIGNATURE_HEADER = "X-Casestudies-Signature"
 USER_AGENT = "casestudies-dispatcher/1"
 DELIVERIES_PER_TURN = 10  # messages a turn of the loop delivers before it looks at the stuck scan again
 MIN_RATE_LIMIT_WAIT = 1.0  # seconds, even for "Retry-After: 0"
+PURGE_EVERY_SECONDS = 60.0  # how often the loop looks for delivered messages past their retention
+PURGE_BATCH = 500  # rows one purge transaction deletes
+PURGE_BATCHES_PER_TURN = 20  # then the loop delivers again before it purges on (a backlog waits its turn)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -115,8 +121,12 @@ class Dispatcher:
 
     def __init__(self, engine: Engine, subscriptions: Subscriptions, projections: Projections,
                  settings: DeliverySettings, *, slack_webhook_url: str | None, links: Links,
-                 clock: Callable[[], datetime] = utcnow, client: httpx.Client | None = None):
+                 clock: Callable[[], datetime] = utcnow, client: httpx.Client | None = None,
+                 reveal: Callable[[bytes], bytes] | None = None):
         self.engine = engine
+        # Bodies hold personal fields sealed; they are revealed as they leave (an erased person's
+        # fields read as "erased on <date>").
+        self.reveal = reveal or (lambda body: body)
         self.subscriptions = subscriptions
         self.projections = projections
         self.settings = settings
@@ -177,12 +187,12 @@ class Dispatcher:
         if item.destination == "slack":
             if not self._slack_webhook_url:
                 return Attempt(False, None, "SLACK_WEBHOOK_URL is not set for the dispatcher")
-            return self._post(self.client, self._slack_webhook_url, orjson.dumps(item.payload),
+            return self._post(self.client, self._slack_webhook_url, self.reveal(orjson.dumps(item.payload)),
                               {"Content-Type": "application/json"})
         subscription = self.subscriptions.get(item.subscription_id) if item.subscription_id else None
         if subscription is None or subscription.removed_at is not None:
             return Attempt(False, None, "the webhook subscription was removed", final=True)
-        body = orjson.dumps(item.payload)
+        body = self.reveal(orjson.dumps(item.payload))
         return self._post(self.webhook_client, subscription.url, body, {
             "Content-Type": "application/cloudevents+json; charset=utf-8",
             SIGNATURE_HEADER: sign(subscription.secret, int(time.time()), body),
@@ -301,20 +311,54 @@ class Dispatcher:
                     return found
                 cursor = page.next_cursor
 
+    # -- retention -----------------------------------------------------------------------------
+    def purge_delivered(self, now: datetime | None = None, *, batch_size: int = PURGE_BATCH,
+                        max_batches: int | None = None) -> int:
+        """Delete sent messages delivered more than ``retention_days`` before ``now``, ``batch_size``
+        at a time (at most ``max_batches`` batches; None: until none is left); how many were deleted."""
+        cutoff = (now or self.clock()) - timedelta(days=self.settings.retention_days)
+        # Ordered by the due-time index (status, next_attempt_at): a message is sent after it was
+        # due, so the oldest deliveries come first and each batch stops at its limit instead of
+        # reading every sent row.
+        due = (select(outbox.c.id).where(outbox.c.status == "sent", outbox.c.sent_at < cutoff)
+               .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(batch_size))
+        if not is_sqlite(self.engine):  # several dispatchers purge side by side, never waiting on each other
+            due = due.with_for_update(skip_locked=True)
+        deleted = batches = 0
+        while max_batches is None or batches < max_batches:
+            with transaction(self.engine) as conn:
+                ids = list(conn.execute(due).scalars())
+                if ids:
+                    deleted += conn.execute(delete(outbox).where(outbox.c.id.in_(ids),
+                                                                 outbox.c.status == "sent")).rowcount
+            batches += 1
+            if len(ids) < batch_size:
+                break
+        if deleted:
+            log.info("outbox_purged", deleted=deleted, sent_before=cutoff.isoformat(),
+                     retention_days=self.settings.retention_days)
+        return deleted
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, poll_seconds: float = 1.0, max_backoff: float = 60.0,
             parent_pid: int | None = None, on_round: Callable[[], None] | None = None) -> None:
         """Deliver until ``stop`` is set (or process ``parent_pid`` is gone); scan for stuck records
-        every ``stuck_scan_seconds`` (0: never). A database that cannot be reached is retried with backoff.
+        every ``stuck_scan_seconds`` (0: never) and purge delivered messages past their retention every
+        ``PURGE_EVERY_SECONDS``. A database that cannot be reached is retried with backoff.
         ``on_round`` is called after each round that did not fail (idle ones too)."""
-        next_scan = time.monotonic()
+        next_scan = next_purge = time.monotonic()
 
         def work() -> bool:
-            nonlocal next_scan
+            nonlocal next_scan, next_purge
             if self.settings.stuck_scan_seconds > 0 and time.monotonic() >= next_scan:
                 self.scan_stuck()
                 next_scan = time.monotonic() + self.settings.stuck_scan_seconds
-            return bool(self.run_once())
+            backlog = False
+            if time.monotonic() >= next_purge:
+                backlog = self.purge_delivered(max_batches=PURGE_BATCHES_PER_TURN) == \
+                    PURGE_BATCH * PURGE_BATCHES_PER_TURN  # perhaps more: purge on after this turn's deliveries
+                next_purge = time.monotonic() + (0 if backlog else PURGE_EVERY_SECONDS)
+            return bool(self.run_once()) or backlog
 
         def failed(error: Exception, delay: float) -> None:
             if isinstance(error, DBAPIError):

@@ -5,7 +5,8 @@ a Slack message for a new record or a new candidate, and a CloudEvents delivery 
 webhook subscription. The store writes those rows in the same transaction as the events (on
 PostgreSQL, the same statement), so a message exists exactly when its event does, and a slow
 or absent receiver never delays or undoes a write. The dispatcher (dispatcher.py) delivers
-them; ``Outbox`` is how admins read and redrive them.
+them, and deletes them some time after delivery; ``Outbox`` is how admins read, redrive and
+discard them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 
 from service import cursors
 from service.domain import CANDIDACY_EVENTS, CaseStudy, readiness
@@ -172,6 +173,15 @@ class Outbox:
         with self.engine.begin() as conn:
             return conn.execute(query.values(status="pending", attempts=0, next_attempt_at=now,
                                              lease_until=None, lease_token=None)).rowcount
+
+    def discard(self, message_id: int) -> Message | None:
+        """Delete a dead message for good; the message as it was (None: no dead message has that id)."""
+        if not 0 < message_id <= MAX_MESSAGE_ID:
+            return None
+        with self.engine.begin() as conn:
+            row = conn.execute(delete(outbox).where(outbox.c.id == message_id, outbox.c.status == "dead")
+                               .returning(*MESSAGE_COLUMNS)).first()
+        return message(row) if row else None
 
     def depth(self) -> Depth:
         with self.engine.connect() as conn:

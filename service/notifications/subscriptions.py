@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import httpx
 from sqlalchemy import Engine, insert, select, update
 
-from service.domain import EVENT_TYPES
+from service.domain import EVENT_TYPES, SYSTEM_EVENT_TYPES
 from service.notifications.tables import outbox, webhook_subscriptions
 from service.notifications.targets import Targets
 from service.times import utcnow
@@ -58,9 +58,10 @@ def checked_types(types: Iterable[str]) -> tuple[str, ...]:
     wanted = tuple(dict.fromkeys(t.strip() for t in types if t.strip()))
     if not wanted:
         raise SubscriptionError("give at least one event type, or * for all")
-    unknown = [t for t in wanted if t != ALL_TYPES and t not in EVENT_TYPES]
+    unknown = [t for t in wanted if t != ALL_TYPES and t not in (*EVENT_TYPES, *SYSTEM_EVENT_TYPES)]
     if unknown:
-        raise SubscriptionError(f"unknown event types {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
+        raise SubscriptionError(f"unknown event types {', '.join(unknown)}; "
+                                f"known: {', '.join((*EVENT_TYPES, *SYSTEM_EVENT_TYPES))}")
     return wanted
 
 

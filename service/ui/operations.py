@@ -40,3 +40,17 @@ def retry_notification(message_id: int):
         raise Problem("not_dead", f"notification {message_id} is {found.status}; only dead ones are retried")
     flash(f"Notification {message_id} is queued again; the dispatcher will send it shortly.")
     return redirect(url_for("ui.operations", status="dead"), 303)
+
+
+@bp.post("/operations/notifications/<int:message_id>/discard")
+@page(*ADMINS)
+def discard_notification(message_id: int):
+    """Delete a dead message for good (as DELETE /notifications/{id} does)."""
+    outbox = services().outbox
+    if outbox.discard(message_id) is None:
+        found = outbox.get(message_id)
+        if found is None:
+            raise Problem("not_found", f"no notification {message_id}")
+        raise Problem("not_dead", f"notification {message_id} is {found.status}; only dead ones are discarded")
+    flash(f"Notification {message_id} is discarded.")
+    return redirect(url_for("ui.operations", status="dead"), 303)

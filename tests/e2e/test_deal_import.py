@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import PERSONAL_DATA_KEY
 from tests.e2e.conftest import cli
 
 EXPORT = (
@@ -43,7 +44,7 @@ def test_an_export_imports_valid_rows_reports_the_rest_and_re_runs_safely(fresh_
     from service.bootstrap import build
     from service.config import Settings
 
-    services = build(Settings(database_url=url))
+    services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=url))
     acme, umbrella = services.store.record("deal-D-1"), services.store.record("deal-D-4")
     assert acme.state == "not_started" and acme.csm == "Dana" and acme.account["name"] == "Acme Air"
     assert umbrella.state == "on_hold" and umbrella.use_case == "safer labs;\nfewer incidents"

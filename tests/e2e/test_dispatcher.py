@@ -12,6 +12,7 @@ import pytest
 from service.bootstrap import build
 from service.config import Settings
 from service.events.event import NewEvent
+from tests.conftest import PERSONAL_DATA_KEY
 from tests.e2e.conftest import BIN, cli
 from tests.factories import COMMITTED
 from tests.receiver import Receiver
@@ -45,7 +46,7 @@ def test_a_dispatcher_killed_between_send_and_mark_delivers_again_after_restart(
         assert added.returncode == 0, added.stderr
         assert "secret (shown once): whsec_" in added.stdout
         assert receiver.url in cli(url, "webhooks", "list").stdout
-        services = build(Settings(database_url=url))
+        services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=url))
         services.store.append("acme-1", [NewEvent("committed", COMMITTED)], actor="crm")
 
         def start(log_name: str) -> subprocess.Popen:

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import PERSONAL_DATA_KEY
 from tests.e2e.conftest import call, cli
 from tests.factories import COMMITTED
 
@@ -113,7 +114,7 @@ def test_readyz_says_not_ready_until_the_database_is_migrated(fresh_database, tm
     from service import create_app
     from service.config import Settings
 
-    app = create_app(Settings(database_url=fresh_database.url, log_format="json"))
+    app = create_app(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=fresh_database.url, log_format="json"))
     answer = app.test_client().get("/readyz")
     assert answer.status_code == 503 and answer.get_json()["code"] == "not_ready"
     assert "casestudies db upgrade" in answer.get_json()["detail"]

@@ -189,3 +189,22 @@ def test_longest_first_pages_through_every_finding_and_blocker_once(services, cl
     with services.projections.view() as view:
         since = [row["since"] for row in view.blockers(order="longest").value]
     assert since == sorted(since)  # blocked longest first, whoever the CSM
+
+
+def test_an_admin_discards_a_dead_message_from_the_operations_page(app, keys, database):
+    from service.times import utcnow
+    from tests.integration.test_notifications import queued
+
+    dead, pending = queued(database, "dead", utcnow()), queued(database, "pending", utcnow())
+    admin = signed_in(app, keys["admin"])
+    page = admin.get("/ui/operations?status=dead&limit=1000").text
+    assert f"Discard message {dead}" in page and f"Discard message {pending}" not in page
+    gone = admin.post(f"/ui/operations/notifications/{dead}/discard", data={"csrf_token": token_of(page)})
+    assert gone.status_code == 303 and f"Notification {dead} is discarded" in admin.get(gone.location).text
+    assert admin.post(f"/ui/operations/notifications/{dead}/discard",
+                      data={"csrf_token": token_of(page)}).status_code == 404
+    refused = admin.post(f"/ui/operations/notifications/{pending}/discard", data={"csrf_token": token_of(page)})
+    assert refused.status_code == 409 and "only dead ones are discarded" in refused.text
+    reader = signed_in(app, keys["reader"])
+    assert reader.post(f"/ui/operations/notifications/{pending}/discard",
+                       data={"csrf_token": token_of(reader.get("/ui/records").text)}).status_code == 403

@@ -20,7 +20,7 @@ from service.api.errors import to_problem
 from service.bootstrap import build
 from service.config import Settings
 from service.events.backends import make_engine
-from tests.conftest import auth, new_database, problem, unique_id
+from tests.conftest import PERSONAL_DATA_KEY, auth, new_database, problem, unique_id
 from tests.factories import COMMITTED, VALID_DATA
 from tests.integration.test_deals import DEAL
 from tests.tcpproxy import TcpProxy
@@ -35,7 +35,7 @@ def behind_proxy(request, tmp_path):
     with new_database(request, "postgres", tmp_path) as db, TcpProxy(make_url(db.url).port or 5432) as proxy:
         url = make_url(db.url).set(port=proxy.port).render_as_string(hide_password=False)
         engine = make_engine(url)
-        services = build(Settings(database_url=url, log_format="json", key_cache_seconds=600,
+        services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=url, log_format="json", key_cache_seconds=600,
                                   webhook_cache_seconds=0), engine=engine)
         client = create_app(services=services).test_client()
         keys = {role: services.keys.create(f"{role}-{uuid.uuid4().hex[:6]}", role) for role in ROLES}
@@ -79,6 +79,10 @@ def _requests(stream: str) -> list[tuple[str, str, str, dict | None]]:
         ("GET", "/notifications", "admin", None),
         ("GET", "/notifications/1", "admin", None),
         ("POST", "/notifications/1/retry", "admin", None),
+        ("DELETE", "/notifications/1", "admin", None),
+        ("GET", "/people?email=jo@customer.example", "auditor", None),
+        ("POST", "/people/erasure", "admin", {"email": "jo@customer.example", "reason": "Art. 17"}),
+        ("GET", "/people/erasures/1", "auditor", None),
     ]
 
 
@@ -88,6 +92,7 @@ def test_the_list_of_requests_covers_every_route_that_reads_the_database(behind_
               if not rule.rule.startswith("/ui/")} - NO_DATABASE - {"/readyz"}  # pages: the test below
     covered = {path.split("?")[0].replace("cs-", "<stream_id>") for _, path, _, _ in _requests("cs-")}
     covered = {path.replace("/1", "/<int:subscription_id>") if path.startswith("/webhooks") else
+               path.replace("/1", "/<erasure_id>") if path.startswith("/people") else
                path.replace("/1", "/<int:message_id>") for path in covered}
     assert routes <= covered
 
@@ -197,7 +202,8 @@ def test_every_dashboard_page_is_a_503_page_with_retry_after_while_the_database_
     pages = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/ui/")}
     assert {path.replace("{stream}", "<stream_id>") for path in DASHBOARD} == pages - {
         "/ui/", "/ui/sign-in", "/ui/sign-out", "/ui/static/<path:filename>", "/ui/records/new",
-        "/ui/records/<stream_id>/events", "/ui/operations/notifications/<int:message_id>/retry"}
+        "/ui/records/<stream_id>/events", "/ui/operations/notifications/<int:message_id>/retry",
+        "/ui/operations/notifications/<int:message_id>/discard"}
     proxy.cut()
     wrong = {}
     for path in DASHBOARD:

@@ -12,18 +12,22 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, func, select
+from click.testing import CliRunner
+from sqlalchemy import delete, event, func, insert, select
+from structlog.testing import capture_logs
 
 from service import create_app
 from service.bootstrap import build, dispatcher
+from service.cli import main as cli
 from service.config import DeliverySettings, Settings
 from service.domain import GuardFailed
 from service.events.event import NewEvent
 from service.notifications.dispatcher import SIGNATURE_HEADER
+from service.notifications.outbox import MAX_MESSAGE_ID
 from service.notifications.subscriptions import SubscriptionError
 from service.notifications.tables import outbox, stuck_announcements, webhook_subscriptions
 from service.times import utcnow
-from tests.conftest import BACKENDS, Database, migrated_database, project, unique_id
+from tests.conftest import BACKENDS, PERSONAL_DATA_KEY, Database, auth, migrated_database, problem, project, unique_id
 from tests.factories import COMMITTED
 from tests.receiver import Receiver, Response
 
@@ -59,7 +63,7 @@ def wire(db: Database, slack_url: str | None = None, allowed: tuple[str, ...] = 
     """The services and a dispatcher on ``db``; webhooks may go to the receivers on loopback unless
     ``allowed`` says otherwise."""
     delivery = {"backoff_seconds": 10, "timeout_seconds": 2, "lease_seconds": 30, **delivery}
-    services = build(Settings(database_url=db.url, log_format="json", webhook_cache_seconds=0,
+    services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json", webhook_cache_seconds=0,
                               public_base_url="https://cs.example.com", slack_webhook_url=slack_url,
                               webhook_allowed_networks=allowed, notify=DeliverySettings(**delivery)),
                      engine=db.engine)
@@ -214,7 +218,8 @@ def test_webhooks_get_signed_cloudevents_for_the_types_they_asked_for(notify_db)
         assert event["type"] == "com.casestudies.casestudy.committed" and event["subject"] == stream
         assert event["source"] == "https://cs.example.com/case-studies"
         assert event["time"] == stored.occurred_at.isoformat() and event["datacontenttype"] == "application/json"
-        assert event["data"]["data"] == stored.data and event["data"]["version"] == 1
+        assert event["data"]["data"] == services.people.opener().data(stored.data) == COMMITTED  # revealed as it leaves
+        assert event["data"]["version"] == 1
         assert event["data"]["status"] == "not_started" and event["data"]["actor"] == "crm-automation"
         assert delivery.headers["content-type"].startswith("application/cloudevents+json")
         # the receiver's check: HMAC-SHA256 over "<timestamp>.<body>" with the shared secret
@@ -433,3 +438,110 @@ def test_a_receiver_whose_name_does_not_resolve_at_delivery_is_tried_again_later
     assert sender.run_once() == 1
     (row,) = rows(notify_db)
     assert (row.status, row.attempts) == ("pending", 1) and "cannot be resolved" in row.last_error
+
+
+# -- retention and discarding ----------------------------------------------------------------------
+PERSONAL_PAYLOAD = {"text": "New case study: *Acme Air*, CSM Dana Whitfield"}
+
+
+def queued(db: Database, status: str, now: datetime, *, sent_days_ago: float | None = None) -> int:
+    """An outbox row in ``status``, written 60 days before ``now`` (and sent ``sent_days_ago``); its id."""
+    written = now - timedelta(days=60)
+    with db.engine.begin() as conn:
+        return conn.execute(insert(outbox).values(
+            destination="slack", kind="record_created", stream_id=unique_id("r"), dedupe_key=f"test:{uuid.uuid4()}",
+            payload=PERSONAL_PAYLOAD, status=status, attempts=0 if status == "pending" else 1,
+            next_attempt_at=written, created_at=written,
+            sent_at=now - timedelta(days=sent_days_ago) if sent_days_ago is not None else None,
+        ).returning(outbox.c.id)).scalar_one()
+
+
+def test_sent_messages_older_than_the_retention_are_purged_in_batches_and_pending_and_dead_stay(notify_db):
+    _, sender, _ = wire(notify_db, retention_days=30)
+    now = utcnow()
+    old = [queued(notify_db, "sent", now, sent_days_ago=31 + i) for i in range(7)]
+    kept = [queued(notify_db, "sent", now, sent_days_ago=29.9), queued(notify_db, "sent", now, sent_days_ago=1),
+            queued(notify_db, "pending", now), queued(notify_db, "dead", now)]  # written 60 days ago, never sent
+    deletes = []
+
+    def count_deletes(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("DELETE FROM OUTBOX"):
+            deletes.append(statement)
+
+    event.listen(notify_db.engine, "before_cursor_execute", count_deletes)
+    try:
+        with capture_logs() as logs:
+            assert sender.purge_delivered(now=now, batch_size=3) == len(old)
+    finally:
+        event.remove(notify_db.engine, "before_cursor_execute", count_deletes)
+    assert len(deletes) == 3  # 3 + 3 + 1, each its own transaction
+    assert [r.id for r in rows(notify_db)] == kept
+    (line,) = [entry for entry in logs if entry["event"] == "outbox_purged"]
+    assert line["deleted"] == len(old) and line["retention_days"] == 30
+    assert "Dana" not in repr(logs)  # counts, never payloads
+    with capture_logs() as logs:
+        assert sender.purge_delivered(now=now, batch_size=3) == 0
+    assert not [entry for entry in logs if entry["event"] == "outbox_purged"]  # nothing deleted, nothing said
+
+
+def test_a_purge_may_stop_after_some_batches_and_the_retention_is_configurable(notify_db):
+    _, sender, _ = wire(notify_db, retention_days=0.5)
+    now = utcnow()
+    old = [queued(notify_db, "sent", now, sent_days_ago=1) for _ in range(5)]
+    young = queued(notify_db, "sent", now, sent_days_ago=0.25)
+    assert sender.purge_delivered(now=now, batch_size=2, max_batches=2) == 4
+    assert [r.id for r in rows(notify_db)] == [old[-1], young]
+    assert sender.purge_delivered(now=now) == 1
+    assert [r.id for r in rows(notify_db)] == [young]
+
+
+def test_the_dispatcher_loop_purges_delivered_messages(notify_db):
+    _, sender, _ = wire(notify_db)  # the default retention: 30 days
+    now = utcnow()
+    queued(notify_db, "sent", now, sent_days_ago=45)
+    recent = queued(notify_db, "sent", now, sent_days_ago=2)
+    stop = threading.Event()
+    sender.run(stop, poll_seconds=0.01, on_round=stop.set)  # one round
+    assert [r.id for r in rows(notify_db)] == [recent]
+
+
+def test_an_admin_discards_a_dead_message_and_only_a_dead_one(notify_db, keys_for):
+    services, _, _ = wire(notify_db)
+    now = utcnow()
+    dead, pending, sent = (queued(notify_db, "dead", now), queued(notify_db, "pending", now),
+                           queued(notify_db, "sent", now, sent_days_ago=1))
+    client, admin = keys_for(services)
+    for role in ("reader", "writer", "auditor"):
+        key = services.keys.create(f"{role}-{uuid.uuid4().hex[:6]}", role)
+        problem(client.delete(f"/notifications/{dead}", headers=auth(key)), 403, "forbidden")
+    discarded = client.delete(f"/notifications/{dead}", headers=admin)
+    assert discarded.status_code == 200
+    body = discarded.get_json()
+    assert (body["id"], body["status"], body["payload"]) == (dead, "dead", PERSONAL_PAYLOAD)  # as it was
+    assert [r.id for r in rows(notify_db)] == [pending, sent]
+    problem(client.delete(f"/notifications/{dead}", headers=admin), 404, "not_found")  # gone
+    for refused, status in ((pending, "pending"), (sent, "sent")):
+        conflict = problem(client.delete(f"/notifications/{refused}", headers=admin), 409, "not_dead")
+        assert conflict["status_now"] == status
+    for unknown in (MAX_MESSAGE_ID, MAX_MESSAGE_ID + 1, 0):
+        problem(client.delete(f"/notifications/{unknown}", headers=admin), 404, "not_found")
+    assert [r.id for r in rows(notify_db)] == [pending, sent]
+    assert services.outbox.discard(pending) is None and services.outbox.discard(-1) is None
+
+
+def test_the_cli_discards_a_dead_message_and_refuses_others(notify_db):
+    now = utcnow()
+    dead, pending = queued(notify_db, "dead", now), queued(notify_db, "pending", now)
+
+    def discard(message_id: int):
+        return CliRunner().invoke(cli, ["notifications", "discard", str(message_id)],
+                                  env={"DATABASE_URL": notify_db.url})
+
+    done = discard(dead)
+    assert done.exit_code == 0 and f"message {dead} discarded" in done.output
+    assert [r.id for r in rows(notify_db)] == [pending]
+    again = discard(dead)
+    assert again.exit_code == 1 and f"no message {dead}" in again.output
+    refused = discard(pending)
+    assert refused.exit_code == 1 and "is pending; only dead ones are discarded" in refused.output
+    assert [r.id for r in rows(notify_db)] == [pending]

@@ -25,7 +25,7 @@ from service.api.openapi import undocumented_views
 from service.bootstrap import build
 from service.config import Settings
 from service.events.event import NewEvent
-from tests.conftest import BACKENDS, migrated_database
+from tests.conftest import BACKENDS, PERSONAL_DATA_KEY, migrated_database
 from tests.factories import COMMITTED
 
 MAX_EXAMPLES = 15
@@ -37,7 +37,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def live_app(request, tmp_path_factory):
     """The app on a database of its own (generated requests write to it), with an admin key."""
     with migrated_database(request, tmp_path_factory, "openapi") as db:
-        services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json"), engine=db.engine)
         key = services.keys.create("schemathesis", "admin")
         services.store.append("acme-1", [NewEvent("committed", COMMITTED)], actor="seed")  # something to find
         stop = threading.Event()  # the projections follow the writes, as the served worker does

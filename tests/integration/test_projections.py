@@ -54,7 +54,7 @@ from service.projections.runner import ProjectionRunner
 from service.projections.tables import pipeline_records, projection_checkpoints
 from service.reports.weekly import to_html, to_markdown
 from tests import oracle
-from tests.conftest import BACKENDS, auth, new_database, settle
+from tests.conftest import BACKENDS, PERSONAL_DATA_KEY, auth, new_database, settle
 
 AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)
 BASELINE = {"kind": "baseline", "metrics": {"tickets_per_day": 100}}
@@ -121,7 +121,7 @@ def load(store_engine, names=None) -> None:
 def world(request, tmp_path_factory):
     """A fresh database per backend holding only the fixture pipeline, projected."""
     with new_database(request, request.param, tmp_path_factory.mktemp("projections"), pool_size=10) as db:
-        services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json"), engine=db.engine)
         load(db.engine)
         services.runner.catch_up()
         reader = services.keys.create(f"reader-{request.param}", "reader")
@@ -415,7 +415,7 @@ def generated(request, tmp_path_factory):
     events, states, _ = make_dataset(GENERATED, seed=GENERATED_SEED)
     with new_database(request, request.param, tmp_path_factory.mktemp("generated"), pool_size=10) as db:
         load_url(db.url, events, states)
-        services = build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json"), engine=db.engine)
         assert services.runner.catch_up() == len(events)
         reader = services.keys.create(f"reader-{request.param}", "reader")
         client = create_app(services=services).test_client()
@@ -446,7 +446,7 @@ def test_a_generated_store_reads_as_a_replay_live_and_after_a_rebuild(generated)
 def empty(request, tmp_path):
     """A fresh migrated database with nothing projected."""
     with new_database(request, request.param, tmp_path, pool_size=10) as db:
-        yield build(Settings(database_url=db.url, log_format="json"), engine=db.engine)
+        yield build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json"), engine=db.engine)
 
 
 def exploding(real: dict, event_type: str, message: str) -> dict:
@@ -656,7 +656,7 @@ def test_status_shows_events_an_open_transaction_holds_back_and_who_holds_them(f
 
     engine = fresh_database.engine
     migrations.upgrade(engine)
-    services = build(Settings(database_url=fresh_database.url, log_format="json"), engine=engine)
+    services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=fresh_database.url, log_format="json"), engine=engine)
     load(engine, {"ns-late"})
     services.runner.catch_up()
     with engine.connect() as holder:

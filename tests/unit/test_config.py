@@ -20,6 +20,9 @@ def test_links_default_to_where_make_run_serves():
     {"NOTIFY_MAX_ATTEMPTS": "0"},
     {"NOTIFY_TIMEOUT_SECONDS": "30"},  # a send could outlast the 60 s lease
     {"NOTIFY_BACKOFF_SECONDS": "soon"},
+    {"NOTIFY_RETENTION_DAYS": "0"},  # a sent message would be deleted as it is sent
+    {"NOTIFY_RETENTION_DAYS": "-1"},
+    {"NOTIFY_RETENTION_DAYS": "inf"},  # past what a date can say
 ])
 def test_settings_that_cannot_work_are_refused_at_start(env):
     with pytest.raises(SettingsError):
@@ -40,11 +43,13 @@ def test_the_slack_url_is_a_secret_kept_out_of_reprs():
 def test_each_setting_is_read_from_its_variable_and_groups_from_theirs():
     settings = Settings.from_env({"DATABASE_URL": "postgresql://db/cs", "LOG_LEVEL": "WARNING", "DB_POOL_SIZE": "9",
                                   "CANDIDATE_KPI_IMPROVEMENT_PCT": "12.5", "STUCK_NOT_STARTED_DAYS": "3",
-                                  "NOTIFY_MAX_ATTEMPTS": "4", "NOTIFY_STUCK_SCAN_SECONDS": "0"})
+                                  "NOTIFY_MAX_ATTEMPTS": "4", "NOTIFY_STUCK_SCAN_SECONDS": "0",
+                                  "NOTIFY_RETENTION_DAYS": "7.5"})
     assert (settings.database_url, settings.log_level, settings.db_pool_size) == ("postgresql://db/cs", "warning", 9)
     assert settings.candidate_kpi_improvement_pct == 12.5
     assert settings.stuck.not_started_days == 3 and settings.stuck.no_activity_days == 21  # the rest stay default
     assert settings.notify.max_attempts == 4 and settings.notify.stuck_scan_seconds == 0
+    assert settings.notify.retention_days == 7.5 and Settings.from_env({}).notify.retention_days == 30
 
 
 def test_empty_variables_count_as_unset_and_a_refusal_names_the_variable():

@@ -9,15 +9,16 @@ import pytest
 from service import create_app
 from service.api.machine import events_table
 from service.config import Settings
-from service.domain import EVENT_TYPES, STATUS_LABELS
+from service.domain import EVENT_TYPES, STATUS_LABELS, SYSTEM_EVENT_TYPES
 from service.domain.machine import TRANSITIONS
+from tests.conftest import PERSONAL_DATA_KEY
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
 def client():
-    return create_app(Settings(database_url="sqlite://", log_format="json")).test_client()
+    return create_app(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url="sqlite://", log_format="json")).test_client()
 
 
 def test_the_readme_s_events_table_is_the_one_the_machine_gives():
@@ -32,7 +33,7 @@ def test_get_machine_lists_every_status_event_transition_and_guard(client):
     body = client.get("/machine").get_json()
     assert body["initial"] == "new"
     assert [s["status"] for s in body["statuses"]] == list(STATUS_LABELS)
-    assert [e["type"] for e in body["events"]] == list(EVENT_TYPES)
+    assert [e["type"] for e in body["events"]] == [*EVENT_TYPES, *SYSTEM_EVENT_TYPES]
     published = next(e for e in body["events"] if e["type"] == "published")
     assert published["transitions"] == [{"from": ["awaiting_customer_approval"], "to": "published", "guards": [
         {"name": "all_approvers_granted", "rule": "every approver asked in this round has granted"}]}]

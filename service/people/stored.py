@@ -1,0 +1,175 @@
+"""Sealing events stored before the service sealed personal data (run once, by migration 0006).
+
+The events table is append-only and hash-chained, so this is the one place that rewrites it, and
+it says so: inside the migration's transaction the append-only triggers are lifted; each stored
+event that names a person gets its personal fields sealed, and every event of its stream from
+there on is hashed anew; each old and new hash is kept in ``chain_reseals``; a receipt in
+``reseals`` records each stream's old and new head, the SHA-256 of the whole old-to-new list and
+an HMAC under the master key; the triggers are put back. A digest written before still checks out
+(``audit verify --digest`` follows the kept hashes), and ``audit verify`` passes on the new chains.
+The copies that held the data in clear are made again from the sealed events: the state table by
+replay, the projections by a rebuild from position 0 (the projections worker does it on start),
+and webhook messages in the outbox get the sealed data of their event.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, insert, select, update
+
+from service.domain import replay
+from service.events.chain import GENESIS, canonical_json, hash_of
+from service.events.event import EVENT_COLUMNS, NewEvent, StoredEvent, stored_event
+from service.events.schemas import PERSONAL_FIELDS
+from service.events.tables import case_studies, chain_reseals, events, reseals, state_row
+from service.notifications.tables import outbox
+from service.people.keys import TOKEN, Keyring
+from service.people.subjects import Sealer, Subjects
+
+_SQLITE_TRIGGERS = {
+    "events_no_update": "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+                        "BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE on events is refused'); END",
+    "events_no_delete": "CREATE TRIGGER events_no_delete BEFORE DELETE ON events "
+                        "BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE on events is refused'); END",
+}
+
+
+class _Here(Subjects):
+    """People found and made on the migration's own connection (its transaction holds the locks)."""
+
+    def __init__(self, conn: Connection, keyring: Keyring, now: datetime):
+        super().__init__(conn.engine, keyring, cache_seconds=3600, clock=lambda: now)
+        self.conn = conn
+        self._found: dict[tuple[str, ...], tuple[str, bytes]] = {}
+
+    def keys_for(self, people):
+        for handles in people:
+            if handles not in self._found or not handles:
+                self._found[handles] = self._resolve(self.conn, handles)
+        return [self._found[handles] for handles in people]
+
+
+def in_clear(conn: Connection) -> bool:
+    """True when some stored event holds a personal field in clear."""
+    query = select(events.c.type, events.c.data).where(events.c.type.in_(list(PERSONAL_FIELDS)))
+    result = conn.execute(query)
+    try:
+        for row in result:
+            for field in PERSONAL_FIELDS[row.type]:
+                value = _at(row.data, field.path)
+                if isinstance(value, str) and not TOKEN.fullmatch(value):
+                    return True
+        return False
+    finally:
+        result.close()
+
+
+def seal_stored(conn: Connection, master_key: str, now: datetime | None = None) -> dict[str, Any] | None:
+    """Seal every personal field stored in clear, re-chain what that changes and rebuild the copies.
+    Returns the receipt (None when nothing was in clear)."""
+    if not in_clear(conn):
+        return None
+    now = now or datetime.now(UTC)
+    keyring = Keyring(master_key)
+    sealer = Sealer(_Here(conn, keyring, now))
+    reseal_id = str(uuid.uuid4())
+    streams = [row.stream_id for row in conn.execute(
+        select(events.c.stream_id).where(events.c.type.in_(list(PERSONAL_FIELDS))).distinct())]
+    _lift_triggers(conn)
+    heads, mapping, sealed_data = [], [], {}
+    for stream_id in sorted(streams):
+        stream = [stored_event(row) for row in conn.execute(
+            select(*EVENT_COLUMNS).where(events.c.stream_id == stream_id).order_by(events.c.version))]
+        account = stream[0].data.get("account", {}).get("id") if stream and stream[0].type == "committed" else None
+        prev, rewritten = GENESIS, []
+        for event in stream:
+            data = event.data
+            if event.type in PERSONAL_FIELDS:
+                data = _sealed(sealer, stream_id, event, account)
+            new = StoredEvent(**{**event.__dict__, "data": data, "prev_hash": prev})
+            new = StoredEvent(**{**new.__dict__, "hash": hash_of(new, prev)})
+            if new.hash != event.hash or data is not event.data:
+                conn.execute(update(events).where(events.c.position == event.position)
+                             .values(data=data, prev_hash=new.prev_hash, hash=new.hash))
+                mapping.append({"stream_id": stream_id, "version": event.version, "old_hash": event.hash,
+                                "new_hash": new.hash, "reseal_id": reseal_id})
+                sealed_data[event.event_id] = data
+            rewritten.append(new)
+            prev = new.hash
+        record = replay(stream_id, rewritten)
+        conn.execute(update(case_studies).where(case_studies.c.id == stream_id).values(**state_row(record, prev)))
+        heads.append({"id": stream_id, "version": stream[-1].version, "old_head": stream[-1].hash, "new_head": prev})
+    for start in range(0, len(mapping), 1000):
+        conn.execute(insert(chain_reseals), mapping[start:start + 1000])
+    _put_back_triggers(conn)
+    _seal_outbox(conn, sealed_data)
+    _rebuild_projections(conn)
+    body = {"id": reseal_id, "created_at": now.isoformat(), "reason": "personal fields sealed (migration 0006)",
+            "streams": heads, "events_resealed": len(mapping),
+            "mapping_sha256": hashlib.sha256(canonical_json(
+                [[m["stream_id"], m["version"], m["old_hash"], m["new_hash"]] for m in mapping])).hexdigest()}
+    receipt = {**body, "signature": keyring.sign(canonical_json(body))}
+    conn.execute(insert(reseals).values(id=reseal_id, created_at=now, receipt=receipt))
+    return receipt
+
+
+def _sealed(sealer: Sealer, stream_id: str, event: StoredEvent, account: str | None) -> dict[str, Any]:
+    """The event's data with its personal fields sealed (those already sealed are left as they are)."""
+    clear = {**event.data}
+    for field in PERSONAL_FIELDS[event.type]:
+        value = _at(clear, field.path)
+        if isinstance(value, str) and TOKEN.fullmatch(value):
+            return dict(event.data)  # sealed already
+    new_event = NewEvent(event.type, clear)
+    return dict(sealer.seal(stream_id, [new_event], lambda: account)[0].data)
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _lift_triggers(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER events_append_only")
+    else:
+        for name in _SQLITE_TRIGGERS:
+            conn.exec_driver_sql(f"DROP TRIGGER {name}")
+
+
+def _put_back_triggers(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    else:
+        for statement in _SQLITE_TRIGGERS.values():
+            conn.exec_driver_sql(statement)
+
+
+def _seal_outbox(conn: Connection, sealed_data: dict[str, Any]) -> None:
+    """Webhook messages carry their event's data: they get its sealed form."""
+    if not sealed_data:
+        return
+    ids = list(sealed_data)
+    for start in range(0, len(ids), 500):
+        rows = conn.execute(select(outbox.c.id, outbox.c.event_id, outbox.c.payload)
+                            .where(outbox.c.kind == "event", outbox.c.event_id.in_(ids[start:start + 500])))
+        for row in rows.all():
+            payload = orjson.loads(orjson.dumps(row.payload))
+            if isinstance(payload.get("data"), dict) and "data" in payload["data"]:
+                payload["data"]["data"] = sealed_data[row.event_id]
+                conn.execute(update(outbox).where(outbox.c.id == row.id).values(payload=payload))
+
+
+def _rebuild_projections(conn: Connection) -> None:
+    """Empty every projection table and set the checkpoint back to the start: the projections worker
+    folds the (sealed) store again from position 0 when it next runs."""
+    from service.projections.tables import PROJECTION_TABLES, projection_checkpoints
+
+    for table in PROJECTION_TABLES:
+        conn.execute(delete(table))
+    conn.execute(update(projection_checkpoints).values(position=0, event_recorded_at=None))
