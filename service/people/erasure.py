@@ -153,19 +153,13 @@ class People:
         records: dict[str, list[str]] = {}
         for item in held:
             records.setdefault(item.stream_id, []).extend(f"{item.version}:{path}" for path, _token in item.fields)
-        receipt = {
+        receipt = _with_messages({
             "id": str(uuid.uuid4()), "subject": subject_id, "asked_by": person.asked_by, "reason": reason,
             "requested_by": actor, "erased_at": now.isoformat(), "completed_at": None,
             "key_destroyed": True,
             "records": [{"id": stream_id, "fields": fields} for stream_id, fields in records.items()],
-            "outbox": {"redacted": [row.id for row in messages if row.status != "sent"],
-                       "purged": [row.id for row in messages if row.status == "sent"]},
-            # Copies already delivered outside the service: erasure cannot reach them.
-            "beyond_reach": [{"destination": row.destination, "url": row.url, "message_id": row.id,
-                              "stream_id": row.stream_id, "event_id": row.event_id,
-                              "sent_at": row.sent_at.isoformat() if row.sent_at else None}
-                             for row in messages if row.status == "sent"],
-        }
+            "outbox": {"redacted": [], "purged": []}, "beyond_reach": [],
+        }, messages)
         with transaction(self.engine) as conn:
             destroyed = conn.execute(update(data_subjects)
                                      .where(data_subjects.c.id == subject_id, data_subjects.c.wrapped_key.is_not(None))
@@ -196,7 +190,11 @@ class People:
                                             "erased_on": erased_on, "fields": record["fields"]},
                              event_id=str(uuid.uuid5(_ERASURE_EVENTS, f"{receipt['id']}/{record['id']}")))
             versions[record["id"]] = store.append(record["id"], [event], actor=receipt["requested_by"]).version
-        self._clean_outbox(receipt)
+        # The outbox as it stands now the key is gone: a message sent meanwhile is listed too (with
+        # the data, if it went out just before the key was destroyed).
+        messages = self._messages(receipt["subject"])
+        receipt = _with_messages(receipt, messages)
+        self._clean_outbox(receipt, messages)
         done = {**receipt, "completed_at": self.clock().isoformat(),
                 "records": [{**record, "erasure_event_version": versions.get(record["id"])}
                             for record in receipt["records"]]}
@@ -206,11 +204,13 @@ class People:
                          .values(completed_at=datetime.fromisoformat(done["completed_at"]), receipt=done))
         return done
 
-    def _clean_outbox(self, receipt: dict[str, Any]) -> None:
+    def _clean_outbox(self, receipt: dict[str, Any], messages: list[Any]) -> None:
+        """Sent messages that held the person's data are deleted; the others have it replaced by the
+        placeholder, so they go out without it."""
         subject_id = receipt["subject"]
         text = placeholder(datetime.fromisoformat(receipt["erased_at"]))
         with transaction(self.engine) as conn:
-            for row in self._messages(subject_id):
+            for row in messages:
                 if row.status == "sent":
                     conn.execute(delete(outbox).where(outbox.c.id == row.id))
                 else:
@@ -230,6 +230,22 @@ class People:
             query = query.where(erasures.c.id == erasure_id)
         with self.engine.connect() as conn:
             return [row.receipt for row in conn.execute(query)]
+
+
+def _with_messages(receipt: dict[str, Any], messages: list[Any]) -> dict[str, Any]:
+    """The receipt with ``messages`` (outbox rows holding the person's data) added to what it lists:
+    unsent ones redacted, sent ones purged, and those sent listed as copies beyond reach."""
+    outbox_lists = {key: list(ids) for key, ids in receipt["outbox"].items()}
+    beyond = list(receipt["beyond_reach"])
+    for row in messages:
+        listed = outbox_lists["purged" if row.status == "sent" else "redacted"]
+        if row.id not in listed:
+            listed.append(row.id)
+        if row.status == "sent" and all(copy["message_id"] != row.id for copy in beyond):
+            beyond.append({"destination": row.destination, "url": row.url, "message_id": row.id,
+                           "stream_id": row.stream_id, "event_id": row.event_id,
+                           "sent_at": row.sent_at.isoformat() if row.sent_at else None})
+    return {**receipt, "outbox": outbox_lists, "beyond_reach": beyond}
 
 
 def _tokens(data: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -83,7 +83,12 @@ def every_table_as_text(engine) -> str:
         else:
             names = [row[0] for row in conn.execute(text(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"))]
-        return "\n".join(str(row) for name in names for row in conn.execute(text(f'SELECT * FROM "{name}"')))
+        return "\n".join(_as_text(row) for name in names for row in conn.execute(text(f'SELECT * FROM "{name}"')))
+
+
+def _as_text(row) -> str:
+    """A row's every value in full (a Row's repr shortens long values)."""
+    return "\t".join(str(value) for value in row)
 
 
 def test_no_personal_field_is_stored_in_clear_in_any_table(wired):
@@ -229,7 +234,7 @@ def test_erasing_a_champion_who_is_in_three_records(wired):
 
 def _outbox_rows(engine) -> str:
     with engine.connect() as conn:
-        return "\n".join(str(row) for row in conn.execute(text("SELECT * FROM outbox")))
+        return "\n".join(_as_text(row) for row in conn.execute(text("SELECT * FROM outbox")))
 
 
 def test_a_person_without_email_is_found_by_name_within_the_account(wired):
@@ -327,7 +332,11 @@ def test_stored_events_in_clear_are_sealed_by_the_migration_with_chains_and_dige
 
     with new_database(request, backend, tmp_path, migrated=False) as db:
         migrations.upgrade(db.engine, "0005_versioned_projections")
-        plain = EventStore(db.engine)  # as the service stored events before it sealed them
+        before = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json",
+                                webhook_cache_seconds=0), engine=db.engine)
+        before.subscriptions.add("https://93.184.215.14/hooks", ["*"], "s3cret-s3cret-s3cret")
+        # as the service stored events before it sealed them, webhook messages with them
+        plain = EventStore(db.engine, participant=before.store.participant)
         champion = person()
         stream = unique_id("old")
         plain.append(stream, [NewEvent("committed", committed("acct-old", champion))], actor="crm")
@@ -337,7 +346,7 @@ def test_stored_events_in_clear_are_sealed_by_the_migration_with_chains_and_dige
         other = unique_id("old")
         plain.append(other, [NewEvent("committed", committed("acct-other", person()))], actor="crm")
         digest = write_digest(Verification(db.engine, plain))
-        assert champion["name"] in every_table_as_text(db.engine)
+        assert champion["name"] in every_table_as_text(db.engine) and champion["name"] in _outbox_rows(db.engine)
 
         migrations.upgrade(db.engine)
 
@@ -359,6 +368,8 @@ def test_stored_events_in_clear_are_sealed_by_the_migration_with_chains_and_dige
         key = services.keys.create("auditor", "auditor")
         record = app.test_client().get(f"/case-studies/{stream}", headers=auth(key)).get_json()
         assert record["champion"] == champion and record["quotes"][0]["text"] == "old words"
+        messages = services.outbox.list(limit=100)[0]
+        assert len(messages) == 4 and "pd1." in str([m.payload for m in messages])  # one per event
         receipt, _ = services.people.erase(_person(champion["email"]), reason="r", actor="test")
         assert [r["id"] for r in receipt["records"]] == [stream]
 
