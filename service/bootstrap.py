@@ -17,6 +17,7 @@ from service.notifications.outbox import Outbox, OutboxPlanner
 from service.notifications.subscriptions import Subscriptions
 from service.notifications.targets import Targets, parse_networks
 from service.people.erasure import People
+from service.people.reveal import Opener
 from service.people.subjects import Unkeyed
 from service.projections.projectors import projectors
 from service.projections.queries import Projections
@@ -40,6 +41,10 @@ class Services:
     subscriptions: Subscriptions
     outbox: Outbox
     people: People | None  # None without PERSONAL_DATA_KEY
+
+    def opener(self) -> Opener:
+        """What reveals personal fields in one answer (without a master key: each reads as sealed)."""
+        return self.people.opener() if self.people else Opener(None)
 
 
 def build(settings: Settings, engine: Engine | None = None, *, serving: bool = False) -> Services:
@@ -83,7 +88,6 @@ def dispatcher(services: Services):
     """The outbox's dispatcher, configured from the services' settings (it opens an HTTP client)."""
     from service.notifications.dispatcher import Dispatcher
 
-    people = services.people
     return Dispatcher(services.engine, services.subscriptions, services.projections, services.settings.notify,
                       slack_webhook_url=services.settings.slack_webhook_url, links=services.links,
-                      reveal=(lambda body: people.opener().json(body)) if people else None)
+                      reveal=lambda body: services.opener().json(body))

@@ -42,7 +42,8 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 def master_key_bytes(text: str) -> bytes:
     """The 32 bytes of a personal data master key given as base64url; ValueError saying what is wrong."""
     try:
-        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+        given = text.strip()
+        raw = base64.b64decode(given + "=" * (-len(given) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("must be base64url of 32 random bytes (`casestudies people new-key` makes one)") from None
     if len(raw) != 32:

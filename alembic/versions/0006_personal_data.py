@@ -87,8 +87,11 @@ def _seal_what_is_in_clear() -> None:
 
 
 def downgrade() -> None:
+    people = op.get_bind().execute(sa.text("SELECT count(*) FROM data_subjects")).scalar()
+    if people:
+        raise RuntimeError(f"refusing to downgrade: dropping data_subjects would destroy the keys of {people} "
+                           "people, and with them every personal field stored (sealed fields stay sealed)")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE case_studies RESET (toast_tuple_target)")
-    # Sealed fields stay sealed: going back does not put personal data in clear again.
     for name in ("reseals", "chain_reseals", "erasures", "subject_handles", "data_subjects"):
         op.drop_table(name)

@@ -34,7 +34,7 @@ def audit_export(start, end, csm, role, fmt, output) -> None:
     if filters["start"] and filters["end"] and filters["end"] <= filters["start"]:
         raise click.BadParameter("--to must be later than --from")
     written = 0
-    reveal = wired.people.opener().data if wired.people else (lambda item: item)  # approvers' names, in clear
+    reveal = wired.opener().data  # approvers' names, in clear
     with database_errors():
         total = wired.approvals.count(**filters)  # before the role filter: an upper bound
         with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
@@ -85,7 +85,8 @@ def _against_digest(wired, digest_file) -> bool:
         count = document.get("event_count") if isinstance(document, dict) else None
         with click.progressbar(length=count if type(count) is int and count >= 0 else 0,
                                label="checking digest", file=sys.stderr) as bar:
-            findings, checked = check_digest(wired.store, document, progress=bar.update)
+            reseals = wired.people.trusted_reseals() if wired.people else None  # migration 0006's, signed
+            findings, checked = check_digest(wired.store, document, reseals=reseals, progress=bar.update)
     except DigestError as error:
         raise click.ClickException(str(error)) from None
     for finding in findings:

@@ -23,6 +23,9 @@ def notifications_run(poll: float, parent: int | None) -> None:
     from service.supervision import beat
 
     wired = services(log_stream=sys.stdout)
+    if wired.people is None:
+        raise click.ClickException("PERSONAL_DATA_KEY is not set: messages carry personal fields sealed, and the "
+                                   "dispatcher could only send them as \"sealed\" (see the README, \"Personal data\")")
     stop = stop_on_signals()
     with database_errors():
         dispatcher(wired).run(stop, poll_seconds=poll, parent_pid=parent, on_round=lambda: beat("notifications"))

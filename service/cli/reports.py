@@ -25,8 +25,7 @@ def report_weekly(as_of: str | None, fmt: str, output) -> None:
     wired = services()
     with database_errors(), wired.projections.view(as_of=when(as_of, start=False)) as view:
         document = weekly_report(view, wired.links, as_of=view.reference)
-        if wired.people:
-            document = wired.people.opener().data(document)  # any name in a blocker's facts, in clear
+        document = wired.opener().data(document)  # any name in a blocker's facts, in clear
     if fmt == "json":
         output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

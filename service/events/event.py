@@ -23,13 +23,16 @@ class NewEvent:
     correlation_id: str | None = None
     causation_id: str | None = None
     on_behalf_of: str | None = None
+    # What the request's digest is taken over, when not ``data``: a sealer puts keyed hashes in place
+    # of personal values, so that no digest can confirm a guess once a person's key is destroyed.
+    digested: Mapping[str, Any] | None = None
 
     def digest(self, stream_id: str) -> str:
         """A fingerprint of what was asked, so a retry can be told from a different request."""
         content = {
             "stream_id": stream_id,
             "type": self.type,
-            "data": self.data,
+            "data": self.data if self.digested is None else self.digested,
             "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,

@@ -177,10 +177,10 @@ class EventStore:
 
     def _append(self, stream_id: str, new_events: Sequence[NewEvent], actor: str,
                 expected_version: int | None) -> AppendResult:
-        digests = [event.digest(stream_id) for event in new_events]  # of what was asked, before sealing
         if self.sealer is not None:
             with translated():
                 new_events = self.sealer.seal(stream_id, new_events, lambda: self._account_of(stream_id))
+        digests = [event.digest(stream_id) for event in new_events]  # of what was asked (personal values keyed)
         plan = self.participant.prepare() if self.participant is not None else None
         attempt, use_cache = 0, True
         while attempt < MAX_ATTEMPTS:

@@ -273,13 +273,17 @@ def take(store: EventStore, deal: Deal, *, actor: str, now: datetime) -> Intake:
             reason += ("; a case study for this deal exists already and is left as it is (post a declined "
                        "event to it if the customer backed out)")
         return Intake("not_created", deal, stream_id, existing, reason)
-    events = history(deal, now)
-    try:
-        result = store.append(stream_id, events, actor=actor, expected_version=0)
-    except StreamAlreadyExists:
-        existing = store.record(stream_id)
+    # A deal posted again (a nightly re-import) is answered from the record, before anything is sealed:
+    # it must not name its people again, least of all one erased since.
+    existing, result = store.record(stream_id), None
+    if existing is None:
+        try:
+            result = store.append(stream_id, history(deal, now), actor=actor, expected_version=0)
+        except StreamAlreadyExists:
+            existing = store.record(stream_id)
+    if result is None:
         if existing is None or existing.deal_id != deal.deal_id:
-            raise DealConflict(stream_id, deal.deal_id, existing.deal_id if existing else None) from None
+            raise DealConflict(stream_id, deal.deal_id, existing.deal_id if existing else None)
         return Intake("exists", deal, stream_id, existing, "a case study for this deal was created before")
     return Intake("created", deal, stream_id, result.record,
                   "the customer accepted a case study" + (f"; back-filled to {deal.status}"

@@ -126,7 +126,7 @@ class Dispatcher:
         self.engine = engine
         # Bodies hold personal fields sealed; they are revealed as they leave (an erased person's
         # fields read as "erased on <date>").
-        self.reveal = reveal or (lambda body: body)
+        self.reveal = reveal or (lambda body: body)  # bootstrap.dispatcher always gives one
         self.subscriptions = subscriptions
         self.projections = projections
         self.settings = settings

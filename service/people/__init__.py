@@ -9,7 +9,8 @@ only; what leaves it (HTTP answers, pages, CSV, webhooks, the CLI) is revealed o
 (``reveal.Opener``). Erasing a person destroys their key: every copy of their data, wherever it
 went inside the service, becomes unreadable at once, and every chain stays verifiable.
 
-May import: service.domain, service.events (the store's seams, its tables and chain),
-service.notifications (the outbox table an erasure cleans), service.projections (the tables a
-reseal empties), service.times and service.spreadsheets. Nothing here knows HTTP.
+May import: service.config (the master key's form), service.domain, service.events (the store's
+seams, its tables and chain), service.notifications (the outbox table an erasure cleans),
+service.projections (the tables a reseal empties), service.times and service.spreadsheets.
+Nothing here knows HTTP.
 """

@@ -12,12 +12,14 @@ from sqlalchemy import Engine, Text, cast, delete, insert, select, update
 
 from service.events.chain import canonical_json
 from service.events.db import transaction
+from service.events.errors import IdempotencyConflict
 from service.events.event import NewEvent
 from service.events.store import EventStore
 from service.events.tables import case_studies, events
 from service.notifications.tables import outbox, webhook_subscriptions
 from service.people.keys import TOKEN, TOKEN_PREFIX, Keyring, marker, placeholder, unseal
 from service.people.reveal import Opener
+from service.people.stored import trusted_reseals
 from service.people.subjects import Sealer, Subjects
 from service.people.tables import data_subjects, erasures, subject_handles
 from service.times import utcnow
@@ -71,6 +73,10 @@ class People:
     def opener(self) -> Opener:
         """An opener for one answer."""
         return Opener(self.subjects)
+
+    def trusted_reseals(self) -> dict[tuple[str, int], tuple[str, str]]:
+        """The reseals of migration 0006 whose signed receipts check out, for ``audit verify --digest``."""
+        return trusted_reseals(self.engine, self.keyring)
 
     def handle(self, person: Person) -> str:
         return self.keyring.handle(email=person.email, name=person.name, account_id=person.account_id)
@@ -147,19 +153,13 @@ class People:
             if not kept:
                 raise PersonNotFound(person.asked_by)
             return self._complete(kept[0]), False
-        held = self.held(subject_id)
-        messages = self._messages(subject_id)
         now = self.clock()
-        records: dict[str, list[str]] = {}
-        for item in held:
-            records.setdefault(item.stream_id, []).extend(f"{item.version}:{path}" for path, _token in item.fields)
-        receipt = _with_messages({
+        receipt = _with_messages(_with_records({
             "id": str(uuid.uuid4()), "subject": subject_id, "asked_by": person.asked_by, "reason": reason,
             "requested_by": actor, "erased_at": now.isoformat(), "completed_at": None,
-            "key_destroyed": True,
-            "records": [{"id": stream_id, "fields": fields} for stream_id, fields in records.items()],
+            "key_destroyed": True, "records": [],
             "outbox": {"redacted": [], "purged": []}, "beyond_reach": [],
-        }, messages)
+        }, self.held(subject_id)), self._messages(subject_id))
         with transaction(self.engine) as conn:
             destroyed = conn.execute(update(data_subjects)
                                      .where(data_subjects.c.id == subject_id, data_subjects.c.wrapped_key.is_not(None))
@@ -171,7 +171,7 @@ class People:
             conn.execute(insert(erasures).values(id=receipt["id"], subject_id=subject_id, handle=handle,
                                                  requested_by=actor, reason=reason, erased_at=now, receipt=receipt))
         self.subjects.forget(subject_id)
-        log.info("personal_data_erased", erasure=receipt["id"], subject=subject_id, records=len(records),
+        log.info("personal_data_erased", erasure=receipt["id"], subject=subject_id, records=len(receipt["records"]),
                  outbox_redacted=len(receipt["outbox"]["redacted"]), outbox_purged=len(receipt["outbox"]["purged"]),
                  actor=actor)
         return self._complete(receipt), True
@@ -182,6 +182,9 @@ class People:
         by a retry."""
         if receipt.get("completed_at"):
             return receipt
+        # Read again now the key is gone: a writer that still held the key (SUBJECT_CACHE_SECONDS) may
+        # have sealed one more event under it meanwhile; its record is noted and listed too.
+        receipt = _with_records(receipt, self.held(receipt["subject"]))
         store = self._store_of()
         erased_on = datetime.fromisoformat(receipt["erased_at"]).date().isoformat()
         versions = {}
@@ -189,7 +192,10 @@ class People:
             event = NewEvent(ERASED_EVENT, {"subject": receipt["subject"], "erasure": receipt["id"],
                                             "erased_on": erased_on, "fields": record["fields"]},
                              event_id=str(uuid.uuid5(_ERASURE_EVENTS, f"{receipt['id']}/{record['id']}")))
-            versions[record["id"]] = store.append(record["id"], [event], actor=receipt["requested_by"]).version
+            try:
+                versions[record["id"]] = store.append(record["id"], [event], actor=receipt["requested_by"]).version
+            except IdempotencyConflict:  # appended by a first try that listed fewer fields: it stands
+                versions[record["id"]] = self._version_of(event.event_id)
         # The outbox as it stands now the key is gone: a message sent meanwhile is listed too (with
         # the data, if it went out just before the key was destroyed).
         messages = self._messages(receipt["subject"])
@@ -203,6 +209,10 @@ class People:
             conn.execute(update(erasures).where(erasures.c.id == receipt["id"])
                          .values(completed_at=datetime.fromisoformat(done["completed_at"]), receipt=done))
         return done
+
+    def _version_of(self, event_id: str) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(events.c.version).where(events.c.event_id == event_id)).scalar()
 
     def _clean_outbox(self, receipt: dict[str, Any], messages: list[Any]) -> None:
         """Sent messages that held the person's data are deleted; the others have it replaced by the
@@ -230,6 +240,15 @@ class People:
             query = query.where(erasures.c.id == erasure_id)
         with self.engine.connect() as conn:
             return [row.receipt for row in conn.execute(query)]
+
+
+def _with_records(receipt: dict[str, Any], held: list[Held]) -> dict[str, Any]:
+    """The receipt with the fields of ``held`` added to the records it lists (``version:path`` each)."""
+    records = {record["id"]: list(record["fields"]) for record in receipt["records"]}
+    for item in held:
+        fields = records.setdefault(item.stream_id, [])
+        fields += [name for name in (f"{item.version}:{path}" for path, _token in item.fields) if name not in fields]
+    return {**receipt, "records": [{"id": stream_id, "fields": fields} for stream_id, fields in records.items()]}
 
 
 def _with_messages(receipt: dict[str, Any], messages: list[Any]) -> dict[str, Any]:

@@ -96,6 +96,12 @@ def seal(subject_id: str, key: bytes, value: str) -> str:
     return f"{prefix}.{_b64(nonce + AESGCM(key).encrypt(nonce, value.encode(), prefix.encode()))}"
 
 
+def keyed_hash(key: bytes, value: str) -> str:
+    """An HMAC-SHA256 of ``value`` under a person's key: equal for equal values while the key lives,
+    and worthless for confirming a guess once it is destroyed (what request digests are taken over)."""
+    return "hmac:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
 def unseal(subject_id: str, key: bytes, sealed: str) -> str | None:
     """The value of a token's sealed part, or None when it does not open under ``key``."""
     try:

@@ -9,17 +9,19 @@ an HMAC under the master key; the triggers are put back. A digest written before
 (``audit verify --digest`` follows the kept hashes), and ``audit verify`` passes on the new chains.
 The copies that held the data in clear are made again from the sealed events: the state table by
 replay, the projections by a rebuild from position 0 (the projections worker does it on start),
-and webhook messages in the outbox get the sealed data of their event.
+and webhook messages in the outbox get the sealed data of their event. Each sealed event's request
+digest is taken anew over keyed hashes of its personal values, as appends take it now.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from service.domain import replay
 from service.events.chain import GENESIS, canonical_json, hash_of
@@ -87,14 +89,17 @@ def seal_stored(conn: Connection, master_key: str, now: datetime | None = None) 
         account = stream[0].data.get("account", {}).get("id") if stream and stream[0].type == "committed" else None
         prev, rewritten = GENESIS, []
         for event in stream:
-            data = event.data
-            if event.type in PERSONAL_FIELDS:
-                data = _sealed(sealer, stream_id, event, account)
+            data, changed = event.data, {}
+            if event.type in PERSONAL_FIELDS and (sealed := _sealed(sealer, stream_id, event, account)) is not None:
+                # The request's digest is taken anew over keyed hashes of the personal values, as an
+                # append does now (a retry of a request from before this migration is told apart).
+                data = dict(sealed.data)
+                changed = {"data": data, "request_digest": sealed.digest(stream_id)}
             new = StoredEvent(**{**event.__dict__, "data": data, "prev_hash": prev})
             new = StoredEvent(**{**new.__dict__, "hash": hash_of(new, prev)})
-            if new.hash != event.hash or data is not event.data:
+            if new.hash != event.hash or changed:
                 conn.execute(update(events).where(events.c.position == event.position)
-                             .values(data=data, prev_hash=new.prev_hash, hash=new.hash))
+                             .values(**changed, prev_hash=new.prev_hash, hash=new.hash))
                 mapping.append({"stream_id": stream_id, "version": event.version, "old_hash": event.hash,
                                 "new_hash": new.hash, "reseal_id": reseal_id})
                 sealed_data[event.event_id] = data
@@ -117,15 +122,15 @@ def seal_stored(conn: Connection, master_key: str, now: datetime | None = None) 
     return receipt
 
 
-def _sealed(sealer: Sealer, stream_id: str, event: StoredEvent, account: str | None) -> dict[str, Any]:
-    """The event's data with its personal fields sealed (those already sealed are left as they are)."""
-    clear = {**event.data}
+def _sealed(sealer: Sealer, stream_id: str, event: StoredEvent, account: str | None) -> NewEvent | None:
+    """The event as an append would store it now, its personal fields sealed (None: sealed already)."""
     for field in PERSONAL_FIELDS[event.type]:
-        value = _at(clear, field.path)
+        value = _at(event.data, field.path)
         if isinstance(value, str) and TOKEN.fullmatch(value):
-            return dict(event.data)  # sealed already
-    new_event = NewEvent(event.type, clear)
-    return dict(sealer.seal(stream_id, [new_event], lambda: account)[0].data)
+            return None
+    asked = NewEvent(event.type, dict(event.data), correlation_id=event.correlation_id,
+                     causation_id=event.causation_id, on_behalf_of=event.on_behalf_of)
+    return sealer.seal(stream_id, [asked], lambda: account)[0]
 
 
 def _at(data: Any, path: tuple[str, ...]) -> Any:
@@ -173,3 +178,22 @@ def _rebuild_projections(conn: Connection) -> None:
     for table in PROJECTION_TABLES:
         conn.execute(delete(table))
     conn.execute(update(projection_checkpoints).values(position=0, event_recorded_at=None))
+
+
+def trusted_reseals(engine: Engine, keyring: Keyring) -> dict[tuple[str, int], tuple[str, str]]:
+    """Every kept reseal whose receipt's HMAC checks out under the master key and whose old-to-new
+    list is the one the receipt hashed: (stream id, version) -> (old hash, new hash). A row added to
+    ``chain_reseals`` by hand, or a receipt edited, is left out, so it cannot excuse a rewrite."""
+    trusted: dict[tuple[str, int], tuple[str, str]] = {}
+    with engine.connect() as conn:
+        for (receipt,) in conn.execute(select(reseals.c.receipt)):
+            body = {key: value for key, value in receipt.items() if key != "signature"}
+            if not hmac.compare_digest(receipt.get("signature", ""), keyring.sign(canonical_json(body))):
+                continue
+            rows = conn.execute(select(chain_reseals.c.stream_id, chain_reseals.c.version, chain_reseals.c.old_hash,
+                                       chain_reseals.c.new_hash)
+                                .where(chain_reseals.c.reseal_id == receipt["id"])
+                                .order_by(chain_reseals.c.stream_id, chain_reseals.c.version)).all()
+            if hashlib.sha256(canonical_json([list(row) for row in rows])).hexdigest() == body["mapping_sha256"]:
+                trusted.update({(row.stream_id, row.version): (row.old_hash, row.new_hash) for row in rows})
+    return trusted

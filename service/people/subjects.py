@@ -8,21 +8,27 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from service.events.db import is_sqlite, transaction
 from service.events.event import NewEvent
 from service.events.schemas import PERSONAL_FIELDS
-from service.people.keys import Keyring, seal
+from service.people.keys import Keyring, keyed_hash, seal
 from service.people.tables import data_subjects, subject_handles
 from service.times import utcnow
 
 CACHE_ENTRIES = 10_000
+# Said as SQL: a subquery built by SQLAlchemy would not be correlated with the row in conflict.
+_HELD_BY_ERASED = text("EXISTS (SELECT 1 FROM data_subjects s WHERE s.id = subject_handles.subject_id "
+                       "AND s.wrapped_key IS NULL)")
+RESOLVE_ATTEMPTS = 5  # a writer that lost the race to name a new person tries again, this often at most
 
 # The person the first handle names (unless erased); else a new person (the id and wrapped key
-# given); then every handle mapped to whichever it is, where no one has it yet. ``made`` says a new
+# given); then every handle mapped to whichever it is, where no one else has it (a handle left to an
+# erased person, by a writer that raced the erasure, is taken over). Only an erased person's handle
+# is taken: a person made by a concurrent writer may not be visible yet to this statement. ``made`` says a new
 # person was made, ``mapped`` which handles this statement mapped: a new person who did not get the
 # first handle lost a race with another writer naming the same person.
 _PG_RESOLVE = """
@@ -34,9 +40,11 @@ made AS (
     SELECT %(id)s, %(wrapped)s, %(now)s WHERE NOT EXISTS (SELECT 1 FROM found) RETURNING id, wrapped_key),
 chosen AS (SELECT id, wrapped_key, false AS made FROM found UNION ALL SELECT id, wrapped_key, true FROM made),
 mapped AS (
-    INSERT INTO subject_handles (handle, subject_id)
+    INSERT INTO subject_handles AS held (handle, subject_id)
     SELECT wanted, (SELECT id FROM chosen) FROM unnest(%(handles)s::text[]) AS wanted
-    ON CONFLICT (handle) DO NOTHING RETURNING handle)
+    ON CONFLICT (handle) DO UPDATE SET subject_id = EXCLUDED.subject_id
+    WHERE EXISTS (SELECT 1 FROM data_subjects s WHERE s.id = held.subject_id AND s.wrapped_key IS NULL)
+    RETURNING handle)
 SELECT chosen.id, chosen.wrapped_key, chosen.made, ARRAY(SELECT handle FROM mapped) AS mapped FROM chosen
 """
 
@@ -106,7 +114,7 @@ class Subjects:
         pooled = self.engine.raw_connection()
         try:
             driver = pooled.driver_connection
-            while True:
+            for _attempt in range(RESOLVE_ATTEMPTS):
                 subject_id, key = self.keyring.new_subject()
                 params = {"handles": list(handles), "id": subject_id, "wrapped": self.keyring.wrap(subject_id, key),
                           "now": self.clock()}
@@ -126,7 +134,9 @@ class Subjects:
                 if not handles or handles[0] in mapped:
                     return subject_id, key
                 # Another writer named the person first: theirs is the person; this one was never used.
-                driver.execute("DELETE FROM data_subjects WHERE id = %s", (subject_id,))
+                driver.execute("WITH gone AS (DELETE FROM subject_handles WHERE subject_id = %(id)s) "
+                               "DELETE FROM data_subjects WHERE id = %(id)s", {"id": subject_id})
+            raise RuntimeError(f"no person could be settled for a handle after {RESOLVE_ATTEMPTS} attempts")
         finally:
             pooled.close()
 
@@ -139,12 +149,8 @@ class Subjects:
                                                       created_at=self.clock()))
             if not handles:
                 return subject_id, key
-            self._map(conn, handles, subject_id)
-            mapped = self._mapped(conn, handles[:1])  # another writer may have named the person first
-            winner = next(mapped[h] for h in handles if h in mapped)
-            if winner[0] != subject_id:
-                conn.execute(delete(data_subjects).where(data_subjects.c.id == subject_id))
-            chosen = winner
+            self._map(conn, handles, subject_id)  # writers take turns on SQLite: no one else names her now
+            chosen = self._mapped(conn, handles[:1])[handles[0]]
         subject_id, wrapped = chosen
         if len(handles) > 1:  # aliases: a champion with an email is also found by her name in her account
             self._map(conn, handles[1:], subject_id)
@@ -159,8 +165,11 @@ class Subjects:
         return {row.handle: (row.id, row.wrapped_key) for row in rows}
 
     def _map(self, conn: Connection, handles: tuple[str, ...], subject_id: str) -> None:
-        conn.execute(self._insert(subject_handles).values([{"handle": h, "subject_id": subject_id} for h in handles])
-                     .on_conflict_do_nothing())
+        """Map each handle to the person, where no one else has it (as _PG_RESOLVE does)."""
+        statement = self._insert(subject_handles).values([{"handle": h, "subject_id": subject_id} for h in handles])
+        conn.execute(statement.on_conflict_do_update(index_elements=[subject_handles.c.handle],
+                                                     set_={"subject_id": statement.excluded.subject_id},
+                                                     where=_HELD_BY_ERASED))
 
     def forget(self, subject_id: str) -> None:
         """Drop a person's remembered key from this process (after their erasure)."""
@@ -249,12 +258,13 @@ class Sealer:
         sealed = list(new_events)
         for index, fields, person in plans:
             subject_id, key = keys[person]
-            data = dict(sealed[index].data)
+            data, digested = dict(sealed[index].data), dict(sealed[index].digested or sealed[index].data)
             for field in fields:
                 value = get_path(data, field.path)
                 if isinstance(value, str):
                     set_path(data, field.path, seal(subject_id, key, value))
-            sealed[index] = dataclasses.replace(sealed[index], data=data)
+                    set_path(digested, field.path, keyed_hash(key, value))
+            sealed[index] = dataclasses.replace(sealed[index], data=data, digested=digested)
         return sealed
 
 

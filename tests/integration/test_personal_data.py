@@ -355,7 +355,9 @@ def test_stored_events_in_clear_are_sealed_by_the_migration_with_chains_and_dige
         services = build(Settings(personal_data_key=PERSONAL_DATA_KEY, database_url=db.url, log_format="json"),
                          engine=db.engine)
         assert all(check.intact for check in services.verification.verify_all())
-        assert check_digest(services.store, digest)[0] == []  # the old heads, followed through the reseal
+        reseals = services.people.trusted_reseals()
+        assert check_digest(services.store, digest, reseals=reseals)[0] == []  # old heads, followed through
+        assert len(check_digest(services.store, digest)[0]) == 2  # without the signed reseals: rewritten
         with db.engine.connect() as conn:
             receipt = conn.execute(text("SELECT receipt FROM reseals")).scalar_one()
             resealed = conn.execute(text("SELECT count(*) FROM chain_reseals")).scalar_one()
@@ -363,6 +365,14 @@ def test_stored_events_in_clear_are_sealed_by_the_migration_with_chains_and_dige
         # every event of both streams: the first events changed, and the later ones are chained to them
         assert resealed == 4 and receipt["events_resealed"] == 4 and len(receipt["signature"]) == 64
         assert {head["id"] for head in receipt["streams"]} == {stream, other}
+        with db.engine.begin() as conn:  # a reseal row edited by hand is not trusted, so it excuses nothing
+            conn.execute(text("UPDATE chain_reseals SET old_hash = :h WHERE stream_id = :s AND version = 1"),
+                         {"h": "f" * 64, "s": other})
+        assert services.people.trusted_reseals() == {}
+        assert len(check_digest(services.store, digest, reseals=services.people.trusted_reseals())[0]) == 2
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE chain_reseals SET old_hash = :h WHERE stream_id = :s AND version = 1"),
+                         {"h": reseals[(other, 1)][0], "s": other})
         project(services)
         app = create_app(services=services)
         key = services.keys.create("auditor", "auditor")
@@ -442,3 +452,92 @@ def test_two_people_of_one_name_in_one_account_are_not_taken_for_one(wired):
     assert client.get(f"/case-studies/{two}", headers=auth(keys["reader"])).get_json()["champion"] == second
     assert client.get(f"/case-studies/{one}", headers=auth(keys["reader"])).get_json()["champion"]["email"] \
         .startswith("erased on ")
+
+
+def test_the_cli_exports_and_erases_a_person(wired, people_db):
+    from click.testing import CliRunner
+
+    from service.cli import main as cli
+
+    services, app, keys = wired
+    champion = person()
+    stream = a_record_with_approval(app.test_client(), keys["writer"], champion, unique_id("acct"), "A B")
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, ["people", *args], catch_exceptions=False,
+                                  env={"DATABASE_URL": people_db.url, "PERSONAL_DATA_KEY": PERSONAL_DATA_KEY})
+
+    before = run("export", "--email", champion["email"])
+    assert before.exit_code == 0, before.output
+    fields = {field["field"]: field["value"] for field in json.loads(before.stdout)["records"][0]["fields"]}
+    assert fields["champion.email"] == champion["email"] and fields["speaker"] == champion["name"]
+    assert run("erase", "--email", champion["email"]).exit_code == 2  # --reason is required
+    assert run("erase", "--name", champion["name"], "--reason", "r").exit_code == 2  # a name needs --account
+    erased = run("erase", "--email", champion["email"], "--reason", "Art. 17, ticket 9", "--actor", "dpo")
+    receipt = json.loads(erased.stdout)
+    assert erased.exit_code == 0 and [r["id"] for r in receipt["records"]] == [stream]
+    assert receipt["requested_by"] == "dpo" and champion["email"] not in erased.stdout
+    again = run("erase", "--email", champion["email"], "--reason", "Art. 17, ticket 9")
+    assert again.exit_code == 0 and json.loads(again.stdout)["id"] == receipt["id"]
+    assert json.loads(run("export", "--email", champion["email"]).stdout)["records"] == []
+    assert run("export", "--email", "nobody@nowhere.example").exit_code == 1
+    key = run("new-key").stdout.strip()
+    assert Settings(personal_data_key=key).personal_data_key == key and key != run("new-key").stdout.strip()
+
+
+def test_a_handle_left_to_an_erased_person_is_taken_over(wired):
+    from sqlalchemy import insert as sql_insert
+
+    from service.people.tables import subject_handles
+
+    services, app, keys = wired
+    client = app.test_client()
+    champion, account = person(), unique_id("acct")
+    a_record_with_approval(client, keys["writer"], champion, account, "A B")
+    receipt, _ = services.people.erase(_person(champion["email"]), reason="r", actor="test")
+    keyring = services.people.keyring
+    # What a writer naming her while the erasure ran may leave behind:
+    with services.engine.begin() as conn:
+        for handle in (keyring.handle(name=champion["name"], account_id=account),
+                       keyring.handle(email=champion["email"])):
+            conn.execute(sql_insert(subject_handles).values(handle=handle, subject_id=receipt["subject"]))
+    services.people.subjects._cache.clear()
+    again = a_record_with_approval(client, keys["writer"], champion, account, "A B")
+    record = client.get(f"/case-studies/{again}", headers=auth(keys["reader"])).get_json()
+    assert record["champion"] == champion and record["quotes"][0]["speaker"] == champion["name"]
+    exported = services.people.export(_person(champion["email"]))
+    assert [r["id"] for r in exported["records"]] == [again] and exported["subject"] != receipt["subject"]
+
+
+def test_a_request_digest_cannot_confirm_a_guess_of_an_erased_persons_data(wired):
+    services, app, keys = wired
+    client = app.test_client()
+    champion = person()
+    stream = a_record_with_approval(client, keys["writer"], champion, unique_id("acct"), "A B")
+    quote = {"type": "quote_added", "data": {"text": "A guessable sentence.", "speaker": champion["name"]},
+             "event_id": str(uuid.uuid4())}
+    assert client.post(f"/case-studies/{stream}/events", json=quote, headers=auth(keys["writer"])).status_code == 201
+    services.people.subjects._cache.clear()
+    assert client.post(f"/case-studies/{stream}/events", json=quote, headers=auth(keys["writer"])).status_code == 200
+    with services.engine.connect() as conn:
+        stored = conn.execute(text("SELECT request_digest FROM events WHERE event_id = :id"),
+                              {"id": quote["event_id"]}).scalar_one()
+    guess = NewEvent("quote_added", quote["data"]).digest(stream)
+    assert stored != guess  # the digest is over keyed hashes of the personal values, not the values
+
+
+def test_a_deal_posted_again_after_its_champion_was_erased_does_not_name_her_again(wired):
+    from tests.integration.test_deals import DEAL
+
+    services, app, keys = wired
+    client = app.test_client()
+    champion = person()
+    deal = {**DEAL, "deal_id": unique_id("deal"), "champion_name": champion["name"],
+            "champion_title": champion["title"], "champion_email": champion["email"]}
+    first = client.post("/integrations/deals", json=deal, headers=auth(keys["writer"]))
+    assert first.status_code == 201
+    client.post("/people/erasure", json={"email": champion["email"], "reason": "r"}, headers=auth(keys["admin"]))
+    services.people.subjects._cache.clear()
+    again = client.post("/integrations/deals", json=deal, headers=auth(keys["writer"]))  # the nightly re-import
+    assert again.status_code == 200 and again.get_json()["decision"] == "exists"
+    assert services.people.subjects.find(services.people.keyring.handle(email=champion["email"])) is None

@@ -102,3 +102,14 @@ def test_without_a_master_key_events_naming_a_person_are_refused():
     with pytest.raises(PersonalDataKeyMissing):
         unkeyed.seal("s", [NewEvent("quote_added", VALID_DATA["quote_added"])], lambda: None)
     assert unkeyed.seal("s", [NewEvent("nps_recorded", {"score": 9})], lambda: None)  # no respondent: fine
+
+
+def test_a_master_key_that_is_not_32_bytes_of_base64url_is_refused_by_name():
+    from service.config import Settings, SettingsError
+
+    for bad in ("short", "!" * 44, new_master_key()[:-8]):
+        with pytest.raises(SettingsError, match="PERSONAL_DATA_KEY: .*casestudies people new-key"):
+            Settings.from_env({"PERSONAL_DATA_KEY": bad})
+    good = new_master_key()
+    assert Settings.from_env({"PERSONAL_DATA_KEY": good}).personal_data_key == good
+    assert good not in repr(Settings.from_env({"PERSONAL_DATA_KEY": good}))  # a secret: never shown
