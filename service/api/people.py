@@ -34,16 +34,8 @@ class ErasureRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_person(self) -> "ErasureRequest":
-        _person(self.email, self.name, self.account_id)
+        Person.asked(self.email, self.name, self.account_id)
         return self
-
-
-def _person(email: str | None, name: str | None, account_id: str | None) -> Person:
-    if email is not None and (name is not None or account_id is not None):
-        raise ValueError("give an email, or a name with an account_id, not both")
-    if email is None and (name is None or account_id is None):
-        raise ValueError("give an email, or a name with an account_id (a person with no email)")
-    return Person(email=email, name=name, account_id=account_id)
 
 
 def _people():
@@ -62,7 +54,7 @@ def _people():
 def access(email, name, account_id):
     """Everything held about a person (GDPR Art. 15), decrypted: each record and field."""
     try:
-        person = _person(email, name, account_id)
+        person = Person.asked(email, name, account_id)
     except ValueError as error:
         raise Problem("invalid_parameter", str(error), parameter="email") from None
     try:
@@ -81,7 +73,7 @@ def erase():
     """Erase a person (GDPR Art. 17): destroy their key, note the erasure in every record that held
     their data, clean the outbox; answers the receipt, which is kept."""
     asked = params.json_model(ErasureRequest, "the erasure request")
-    person = _person(asked.email, asked.name, asked.account_id)
+    person = Person.asked(asked.email, asked.name, asked.account_id)
     try:
         receipt, erased = _people().erase(person, reason=asked.reason, actor=g.principal.name)
     except PersonNotFound:

@@ -28,10 +28,10 @@ def new_key() -> None:
 def _person(email: str | None, name: str | None, account_id: str | None):
     from service.people.erasure import Person
 
-    if email is not None and (name is not None or account_id is not None) or \
-            email is None and (name is None or account_id is None):
-        raise click.UsageError("give --email, or --name with --account (for a person with no email)")
-    return Person(email=email, name=name, account_id=account_id)
+    try:
+        return Person.asked(email, name, account_id)
+    except ValueError:
+        raise click.UsageError("give --email, or --name with --account (for a person with no email)") from None
 
 
 def _wired_people():

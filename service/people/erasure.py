@@ -17,7 +17,7 @@ from service.events.event import NewEvent
 from service.events.store import EventStore
 from service.events.tables import case_studies, events
 from service.notifications.tables import outbox, webhook_subscriptions
-from service.people.keys import TOKEN, TOKEN_PREFIX, Keyring, marker, placeholder, unseal
+from service.people.keys import TOKEN, TOKEN_PREFIX, Keyring, marker, placeholder
 from service.people.reveal import Opener
 from service.people.stored import trusted_reseals
 from service.people.subjects import Sealer, Subjects
@@ -41,6 +41,15 @@ class Person:
     email: str | None = None
     name: str | None = None
     account_id: str | None = None
+
+    @classmethod
+    def asked(cls, email: str | None, name: str | None, account_id: str | None) -> "Person":
+        """The person a request names: by email, or by name with an account; ValueError otherwise."""
+        if email is not None and (name is not None or account_id is not None):
+            raise ValueError("give an email, or a name with an account_id, not both")
+        if email is None and (name is None or account_id is None):
+            raise ValueError("give an email, or a name with an account_id (a person with no email)")
+        return cls(email=email, name=name, account_id=account_id)
 
     @property
     def asked_by(self) -> str:
@@ -114,15 +123,12 @@ class People:
         records: dict[str, dict[str, Any]] = {}
         messages = []
         if subject_id is not None:
-            opened = self.subjects.opened([subject_id]).get(subject_id)
+            opener = self.opener()
             for item in self.held(subject_id):
                 record = records.setdefault(item.stream_id, {"id": item.stream_id, "fields": []})
-                for path, token in item.fields:
-                    match = TOKEN.fullmatch(token)
-                    value = unseal(subject_id, opened.key, match.group(2)) if opened and opened.key and match else None
-                    record["fields"].append({"version": item.version, "type": item.type, "field": path,
-                                             "occurred_at": item.occurred_at.isoformat(),
-                                             "value": value if value is not None else placeholder(None)})
+                record["fields"] += [{"version": item.version, "type": item.type, "field": path,
+                                      "occurred_at": item.occurred_at.isoformat(), "value": opener.text(token)}
+                                     for path, token in item.fields]
             self._add_accounts(records)
             messages = [{"id": row.id, "destination": row.destination, "status": row.status,
                          "stream_id": row.stream_id, "event_id": row.event_id}

@@ -30,7 +30,7 @@ from service.events.schemas import PERSONAL_FIELDS
 from service.events.tables import case_studies, chain_reseals, events, reseals, state_row
 from service.notifications.tables import outbox
 from service.people.keys import TOKEN, Keyring
-from service.people.subjects import Sealer, Subjects
+from service.people.subjects import Sealer, Subjects, get_path
 
 _SQLITE_TRIGGERS = {
     "events_no_update": "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
@@ -62,7 +62,7 @@ def in_clear(conn: Connection) -> bool:
     try:
         for row in result:
             for field in PERSONAL_FIELDS[row.type]:
-                value = _at(row.data, field.path)
+                value = get_path(row.data, field.path)
                 if isinstance(value, str) and not TOKEN.fullmatch(value):
                     return True
         return False
@@ -70,11 +70,9 @@ def in_clear(conn: Connection) -> bool:
         result.close()
 
 
-def seal_stored(conn: Connection, master_key: str, now: datetime | None = None) -> dict[str, Any] | None:
-    """Seal every personal field stored in clear, re-chain what that changes and rebuild the copies.
-    Returns the receipt (None when nothing was in clear)."""
-    if not in_clear(conn):
-        return None
+def seal_stored(conn: Connection, master_key: str, now: datetime | None = None) -> dict[str, Any]:
+    """Seal every personal field stored in clear (``in_clear`` says whether there is any), re-chain
+    what that changes and rebuild the copies. Returns the receipt."""
     now = now or datetime.now(UTC)
     keyring = Keyring(master_key)
     sealer = Sealer(_Here(conn, keyring, now))
@@ -125,18 +123,12 @@ def seal_stored(conn: Connection, master_key: str, now: datetime | None = None) 
 def _sealed(sealer: Sealer, stream_id: str, event: StoredEvent, account: str | None) -> NewEvent | None:
     """The event as an append would store it now, its personal fields sealed (None: sealed already)."""
     for field in PERSONAL_FIELDS[event.type]:
-        value = _at(event.data, field.path)
+        value = get_path(event.data, field.path)
         if isinstance(value, str) and TOKEN.fullmatch(value):
             return None
     asked = NewEvent(event.type, dict(event.data), correlation_id=event.correlation_id,
                      causation_id=event.causation_id, on_behalf_of=event.on_behalf_of)
     return sealer.seal(stream_id, [asked], lambda: account)[0]
-
-
-def _at(data: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
 
 
 def _lift_triggers(conn: Connection) -> None:

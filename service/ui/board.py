@@ -81,10 +81,8 @@ def records():
     found = services().records.page(**filters, limit=limit, cursor=web.cursor())
     now = utcnow()
     rows = [card(record, now) for record in found.records]
-    given = {key: value for key, value in filters.items() if value}
-    next_page = url_for("ui.records", **given, limit=limit, cursor=found.next_cursor) if found.next_cursor else None
-    return render("records.html", rows=rows, filters=filters, labels=STATUS_LABELS, next_page=next_page,
-                  first_page=url_for("ui.records", **given, limit=limit) if web.cursor() else None)
+    pages = web.page_links("ui.records", found.next_cursor, **filters, limit=limit)
+    return render("records.html", rows=rows, filters=filters, labels=STATUS_LABELS, pages=pages)
 
 
 @bp.get("/life-cycle")

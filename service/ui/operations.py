@@ -21,10 +21,9 @@ def operations():
     filters = {"status": web.choice("status", STATUSES) or "dead", "destination": web.choice("destination",
                                                                                              DESTINATIONS)}
     messages, next_cursor = wired.outbox.list(**filters, limit=OUTBOX_PAGE, cursor=web.cursor())
-    given = {key: value for key, value in filters.items() if value}
     return render("operations.html", projection_status=wired.runner.status(), depth=wired.outbox.depth(), messages=messages,
                   filters=filters, statuses=STATUSES, destinations=DESTINATIONS,
-                  next_page=url_for("ui.operations", **given, cursor=next_cursor) if next_cursor else None,
+                  pages=web.page_links("ui.operations", next_cursor, **filters),
                   subscriptions=wired.subscriptions.list(include_removed=False))
 
 

@@ -24,12 +24,6 @@ CANDIDATES_SHOWN = 100
 ORDERS = {"csm": "by CSM, longest stuck first", "longest": "longest stuck first"}
 
 
-def _page_links(endpoint: str, next_cursor: str | None, **given) -> dict:
-    kept = {key: value for key, value in given.items() if value}
-    return {"next": url_for(endpoint, **kept, cursor=next_cursor) if next_cursor else None,
-            "first": url_for(endpoint, **kept) if request.args.get("cursor") else None}
-
-
 def _grouped(items: list[dict]) -> list[tuple[str, list[dict]]]:
     """Consecutive items of one CSM together, in the order given."""
     return [(csm or "(no CSM)", list(group)) for csm, group in groupby(items, key=lambda item: item["csm"])]
@@ -43,7 +37,7 @@ def _listing(template: str, kind: str, filters: dict, answer, items: list[dict],
     return render(template, items=items, groups=_grouped(items) if order == "csm" else None, counts=counts,
                   filters=filters, order=order, orders=ORDERS, codes=codes, labels=STATUS_LABELS,
                   as_of=raw_as_of, reference=reference, position=answer.read_to.position,
-                  pages=_page_links(f"ui.{kind}", answer.next_cursor, **given, sort=order),
+                  pages=web.page_links(f"ui.{kind}", answer.next_cursor, **given, sort=order),
                   csv=url_for(f"ui.{kind}_csv", **{key: value for key, value in given.items() if value}))
 
 

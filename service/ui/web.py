@@ -124,6 +124,14 @@ def cursor() -> str | None:
     return params.text("cursor", max_length=400)
 
 
+def page_links(endpoint: str, next_cursor: str | None, **given) -> dict:
+    """A page's "next" link (None on the last page) and "first" link (None on the first), keeping the
+    filters given that are set."""
+    kept = {key: value for key, value in given.items() if value}
+    return {"next": url_for(endpoint, **kept, cursor=next_cursor) if next_cursor else None,
+            "first": url_for(endpoint, **kept) if cursor() else None}
+
+
 def refusal(error: Exception) -> Response | tuple[str, int]:
     """Any error while serving a page, shown as a page that says what went wrong and what to do."""
     if isinstance(error, CSRFError):
